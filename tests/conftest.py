@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny offline models per chat-template family, and the public demo datasets."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# A copy of ../shared/datasets (LLaMA-Factory demo data, see its README) so CI needs nothing outside the repo.
+SHARED_DATASETS = ROOT / "tests" / "data" / "public"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """``tiny_model_factory("llama3")`` -> folder with a saved 2-layer model and that family's tokenizer."""
+    from tiny_models import build_tiny_model
+
+    cache: dict[str, Path] = {}
+
+    def make(family: str = "chatml") -> Path:
+        if family not in cache:
+            cache[family] = build_tiny_model(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+        return cache[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"public demo datasets not found at {SHARED_DATASETS}")
+    return SHARED_DATASETS
