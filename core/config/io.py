@@ -132,10 +132,14 @@ def _number(raw: Any, integer: bool) -> int | float | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, str):
+        text = raw.strip()
         try:
-            raw = float(raw.strip()) if not _is_int_text(raw) else int(raw.strip())
+            raw = int(text)
         except ValueError:
-            return None
+            try:
+                raw = float(text)
+            except ValueError:
+                return None
     if isinstance(raw, int):
         return raw if integer else float(raw)
     if isinstance(raw, float):
@@ -145,14 +149,6 @@ def _number(raw: Any, integer: bool) -> int | float | None:
             return int(raw) if raw.is_integer() else None
         return raw
     return None
-
-
-def _is_int_text(text: str) -> bool:
-    try:
-        int(text.strip())
-    except ValueError:
-        return False
-    return True
 
 
 def _coerce(raw: Any, info: FieldInfo) -> tuple[Any, str | None]:
@@ -494,7 +490,7 @@ def _parse_yaml(text: str, file: str | None) -> tuple[Any, dict[str, int], list[
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        what = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        what = f"{exc.problem} ({exc.context})" if exc.context else str(exc.problem)
         line = mark.line + 1 if mark is not None else None
         raise ConfigError([ConfigProblem("", f"invalid YAML: {what}", file, line)]) from exc
     except yaml.YAMLError as exc:

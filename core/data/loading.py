@@ -83,6 +83,8 @@ def load_raw_dataset(path: str, *, split: str = "train", progress: Progress | No
 def _looks_like_hub_id(source: str) -> bool:
     if source.startswith((".", "/", "~", "\\")) or Path(source).suffix.lower() in DATA_SUFFIXES:
         return False
+    if "/" in source and Path(source.split("/")[0]).is_dir():  # "data/train" next to a local data/ folder
+        return False
     return bool(_HUB_ID.match(source))
 
 
@@ -124,6 +126,8 @@ def _read_text(source: str, p: Path) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise DataError("the file is UTF-16 text; save it as UTF-8", file=source, line=1) from None
         line_start = data.rfind(b"\n", 0, exc.start) + 1
         line = data.count(b"\n", 0, exc.start) + 1
         raise DataError(
@@ -192,7 +196,11 @@ def _parse_jsonl(source: str, text: str, progress: Progress | None) -> RawDatase
             rows.append(None)
             problems.append(
                 RowProblem(
-                    row_index, "", f"expected a JSON object {{...}} on this line, got {_describe_json(value)}", source, number
+                    row_index,
+                    "",
+                    f"expected a JSON object {{...}} on this line, got {_describe_json(value)}",
+                    source,
+                    number,
                 )
             )
     if progress is not None:
@@ -239,7 +247,13 @@ def _parse_json_array(source: str, text: str, progress: Progress | None) -> RawD
         else:
             rows.append(None)
             problems.append(
-                RowProblem(row_index, "", f"expected a JSON object {{...}}, got {_describe_json(value)}", source, line)
+                RowProblem(
+                    row_index,
+                    "",
+                    f"expected a JSON object {{...}}, got {_describe_json(value)}",
+                    source,
+                    line,
+                )
             )
         if progress is not None and len(rows) % PROGRESS_EVERY == 0:
             progress(end, total)
@@ -267,10 +281,14 @@ def _parse_json_object_or_lines(source: str, text: str, split: str, progress: Pr
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several objects: it is really JSON lines
             return _parse_jsonl(source, text, progress)
-        raise DataError(f"malformed JSON: {exc.msg} at column {exc.colno}", file=source, line=exc.lineno) from None
+        raise DataError(
+            f"malformed JSON: {exc.msg} at column {exc.colno}", file=source, line=exc.lineno
+        ) from None
     assert isinstance(value, dict)
     # {"train": [...], "test": [...]} or {"data": [...]}
-    list_keys = [k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    list_keys = [
+        k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+    ]
     for key in (split, *_SPLIT_KEYS):
         if key in list_keys:
             rows = value[key]
@@ -290,7 +308,9 @@ def _parse_json_object_or_lines(source: str, text: str, split: str, progress: Pr
             f"split '{split}' not found; the file has {', '.join(repr(k) for k in value)}", file=source
         )
     # A single object: one row.
-    return RawDataset(source, [value], [text[: len(text) - len(text.lstrip())].count("\n") + 1], list(value), [])
+    return RawDataset(
+        source, [value], [text[: len(text) - len(text.lstrip())].count("\n") + 1], list(value), []
+    )
 
 
 def _parse_csv(source: str, text: str, delimiter: str, progress: Progress | None) -> RawDataset:
@@ -331,7 +351,7 @@ def _parse_csv(source: str, text: str, delimiter: str, progress: Progress | None
                 )
             )
         else:
-            rows.append(dict(zip(header, record)))
+            rows.append(dict(zip(header, record, strict=True)))
         if progress is not None and len(rows) % PROGRESS_EVERY == 0:
             progress(end_line, total_lines)
     if not rows:
@@ -432,26 +452,26 @@ def _load_folder(source: str, p: Path, split: str, progress: Progress | None) ->
 def _load_hub(source: str, split: str, progress: Progress | None) -> RawDataset:
     import datasets
 
+    # The message names the id, so file is left unset (str() would repeat it).
     prefix = f"could not load '{source}' from the Hugging Face Hub"
     try:
         ds = datasets.load_dataset(source, split=split)
     except ValueError as exc:
-        if "split" in str(exc).lower() or "Unknown split" in str(exc):
-            raise DataError(f"{prefix}: split '{split}' not found ({exc})", file=source) from None
-        raise DataError(f"{prefix}: {exc}", file=source) from None
+        if "split" in str(exc).lower():
+            raise DataError(f"{prefix}: split '{split}' not found ({exc})") from None
+        raise DataError(f"{prefix}: {exc}") from None
     except ConnectionError:
-        raise DataError(f"{prefix}: you are offline and it is not in the cache", file=source) from None
+        raise DataError(f"{prefix}: you are offline and it is not in the cache") from None
     except FileNotFoundError as exc:  # DatasetNotFoundError subclasses FileNotFoundError
         if _offline():
-            raise DataError(f"{prefix}: you are offline and it is not in the cache", file=source) from None
+            raise DataError(f"{prefix}: you are offline and it is not in the cache") from None
         raise DataError(
             f"{prefix}: no such dataset (check the id, or log in if it is private or gated) ({exc})",
-            file=source,
         ) from None
     except Exception as exc:
         if _offline():
-            raise DataError(f"{prefix}: you are offline and it is not in the cache", file=source) from None
-        raise DataError(f"{prefix}: {type(exc).__name__}: {exc}", file=source) from None
+            raise DataError(f"{prefix}: you are offline and it is not in the cache") from None
+        raise DataError(f"{prefix}: {type(exc).__name__}: {exc}") from None
     return _rows_from_hf(source, ds, progress)
 
 

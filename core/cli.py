@@ -1,0 +1,250 @@
+"""The ``sft-studio`` command (DESIGN.md §3.2): the desktop app when run bare, headless subcommands otherwise.
+
+User mistakes (bad run file, unreadable data, missing model) print one clear message naming the file,
+line/row and field, and exit non-zero — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE = 0, 1, 2
+
+
+class _UserError(Exception):
+    def __init__(self, message: str, code: int = EXIT_UNREADABLE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sft-studio",
+        description="SFT Studio: see every token's loss mask, then fine-tune with TRL + PEFT. "
+        "Run without a command to open the desktop app.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser, required: bool = True) -> None:
+        sp.add_argument("--config", "-c", required=required, metavar="RUN.yaml", help="the run file")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a run-file setting, e.g. --set training.learning_rate=1e-4 (repeatable)")
+
+    g = sub.add_parser("gui", help="open the desktop app")
+    g.add_argument("run_file", nargs="?", metavar="RUN.yaml")
+    g.add_argument("--page", help="page to show (data, template, tokens, ...)")
+    g.add_argument("--row", type=int, help="row to show on the page")
+    g.add_argument("--screenshot", metavar="OUT.png", help="render the page offscreen, save a PNG and exit")
+
+    pv = sub.add_parser("preview", help="print what training will see, one JSON object per example")
+    with_config(pv)
+    pv.add_argument("--json", action="store_true", help="JSON lines output (the contract format)")
+    pv.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
+    pv.add_argument("--row", type=int, action="append", default=None, metavar="N", help="only row N (repeatable)")
+
+    au = sub.add_parser("audit", help="check dataset and template without training (exit 0 clean, 1 problems, 2 unreadable)")
+    with_config(au)
+    au.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    tr = sub.add_parser("train", help="train headless, writing the run directory")
+    tr.add_argument("--config", "-c", metavar="RUN.yaml", help="the run file")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-file setting")
+    tr.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                    help="continue from the newest complete checkpoint (of RUN_DIR, or of the run file's output_dir)")
+    tr.add_argument("--from-app", action="store_true", help=argparse.SUPPRESS)
+
+    iv = sub.add_parser("init", help="write a starter run file that trains offline on the bundled sample data")
+    iv.add_argument("path", nargs="?", default="run.yaml", metavar="RUN.yaml")
+    iv.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return p
+
+
+def _load_config(path: str | None, overrides: Sequence[str]):
+    from core.config import ConfigError, apply_overrides, load_run_config, validate_run_config
+
+    if not path:
+        raise _UserError("--config RUN.yaml is required (create one with: sft-studio init run.yaml)")
+    try:
+        config = load_run_config(path)
+        if overrides:
+            config = apply_overrides(config, overrides)
+            problems = validate_run_config(config)
+            if problems:
+                raise ConfigError(problems)
+    except ConfigError as exc:
+        raise _UserError("\n".join(str(p) for p in exc.problems) or str(exc)) from None
+    from resources import resolve_resource_path
+
+    config.data.path = resolve_resource_path(config.data.path)
+    return config
+
+
+def _open_run(config):
+    from core.data import DataError
+    from core.pipeline import open_run
+    from core.templates import TemplateError
+    from core.training.models import ModelError
+
+    try:
+        return open_run(config)
+    except (DataError, ModelError, TemplateError) as exc:
+        raise _UserError(str(exc)) from None
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from core.pipeline import build_rows
+
+    config = _load_config(args.config, args.set)
+    run = _open_run(config)
+    n = len(run.dataset.examples)
+    rows: Sequence[int] = range(n if args.limit is None else min(n, args.limit))
+    if args.row:
+        bad = [r for r in args.row if not 0 <= r < n]
+        if bad:
+            raise _UserError(f"--row {bad[0]}: the dataset has rows 0 to {n - 1}")
+        rows = args.row
+    out = sys.stdout
+    for result in build_rows(run, rows):
+        reason = result.dropped
+        if reason is not None:
+            obj = {"row": result.row, "dropped": reason}
+        else:
+            built = result.built
+            assert built is not None
+            obj = {
+                "row": result.row,
+                "input_ids": built.input_ids,
+                "labels": built.labels,
+                "tokens": [t.text for t in built.tokens[: len(built.input_ids)]],
+            }
+        if args.json:
+            out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        else:
+            out.write(_preview_text(result) + "\n")
+    return EXIT_OK
+
+
+def _preview_text(result) -> str:
+    if result.dropped is not None:
+        return f"row {result.row}: not trained: {result.dropped}"
+    built = result.built
+    parts = []
+    for t in built.tokens:
+        parts.append(f"[{t.text}]" if t.trained else t.text)
+    return f"row {result.row} ({built.n_trained} of {len(built.input_ids)} tokens trained, [brackets] = loss):\n" + "".join(parts)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from core.audit import audit_run, format_report
+
+    config = _load_config(args.config, args.set)
+    run = _open_run(config)
+    report = audit_run(run)
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
+    else:
+        print(format_report(report))
+    return EXIT_OK if report.clean else EXIT_PROBLEMS
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.training.events import EventWriter
+    from core.training.session import EXIT_CONFIG, EXIT_CRASH, EXIT_DATA, EXIT_OOM, TrainingFailed, run_training
+
+    config_path = args.config
+    resume = args.resume is not None
+    if resume and args.resume:
+        config_path = config_path or str(Path(args.resume) / "run.yaml")
+    config = _load_config(config_path, args.set)
+    if resume and args.resume:
+        config.output_dir = str(Path(args.resume).resolve())
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "STOP").unlink(missing_ok=True)
+    events = EventWriter(out / "events.jsonl", stream=sys.stdout)
+    codes = {"config": EXIT_CONFIG, "data": EXIT_DATA, "oom": EXIT_OOM}
+    try:
+        result = run_training(config, events=events, resume=resume)
+    except TrainingFailed as exc:
+        events.emit("failed", kind=exc.kind, message=str(exc), hint=exc.hint)
+        print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return codes.get(exc.kind, EXIT_CRASH)
+    except _UserError:
+        raise
+    except Exception as exc:
+        from core.config import ConfigError
+        from core.data import DataError
+        from core.templates import TemplateError
+        from core.training.devices import DeviceError
+        from core.training.models import ModelError
+
+        kind = "crash"
+        if isinstance(exc, (ConfigError, ModelError, TemplateError, DeviceError)):
+            kind = "config"
+        elif isinstance(exc, DataError):
+            kind = "data"
+        events.emit("failed", kind=kind, message=str(exc), hint="")
+        if kind == "crash":
+            import traceback
+
+            with open(out / "train.log", "a", encoding="utf-8") as fh:
+                traceback.print_exc(file=fh)
+            print(f"error: training crashed: {type(exc).__name__}: {exc}\n(details in {out / 'train.log'})", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return codes.get(kind, EXIT_CRASH)
+    finally:
+        events.close()
+    print(f"done: {result.steps} steps, adapter saved to {result.adapter_dir}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from resources import starter_run_yaml
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise _UserError(f"{path}: already exists (use --force to overwrite)")
+    path.write_text(starter_run_yaml(), encoding="utf-8")
+    print(f"wrote {path}: trains bundled:SmolLM2-135M-Instruct on the sample data, offline. Next: "
+          f"sft-studio audit --config {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    try:
+        from app.main import run_app
+    except ImportError as exc:
+        raise _UserError(f"the desktop app cannot start: {exc} (install PySide6-Essentials and pyqtgraph)") from None
+    return run_app(
+        run_file=getattr(args, "run_file", None),
+        page=getattr(args, "page", None),
+        row=getattr(args, "row", None),
+        screenshot=getattr(args, "screenshot", None),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    commands = {"preview": cmd_preview, "audit": cmd_audit, "train": cmd_train, "init": cmd_init, "gui": cmd_gui}
+    command = commands.get(args.command or "gui", cmd_gui)
+    try:
+        return command(args)
+    except _UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

