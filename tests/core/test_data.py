@@ -23,14 +23,14 @@ from core.data import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+SHARED = Path(__file__).resolve().parents[1] / "data" / "public"  # a copy of ../shared/datasets
 FIXTURES = REPO / "tests" / "data"
 
 
 def shared(name: str) -> str:
     path = SHARED / name
     if not path.is_file():
-        pytest.skip(f"demo dataset {path} is missing (expected ../shared/datasets next to the repository)")
+        pytest.skip(f"demo dataset {path} is missing (expected tests/data/public)")
     return str(path)
 
 
