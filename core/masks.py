@@ -376,12 +376,13 @@ class ExampleBuilder:
         tokens: list[TokenInfo] = []
         n = len(ids)
         limit = n if self.max_length is None else min(n, self.max_length)
+        spans = [sp for sp in spans if sp[1] > sp[0]]  # a message may render to nothing (folded system prompt)
         span_i = 0
         for k, (tid, (s, e)) in enumerate(zip(ids, offsets, strict=True)):
-            while span_i < len(spans) and s >= spans[span_i][1] and spans[span_i][1] > spans[span_i][0]:
+            while span_i < len(spans) and s >= spans[span_i][1]:
                 span_i += 1
             role, turn = None, None
-            if span_i < len(spans) and spans[span_i][0] <= s < max(spans[span_i][1], spans[span_i][0] + 1):
+            if span_i < len(spans) and spans[span_i][0] <= s:
                 role, turn = spans[span_i][2], spans[span_i][3]
             is_trained = bool(trained[k]) and k < limit
             reason = None

@@ -43,8 +43,8 @@ lora:
   lora_dropout: 0.05
   target_modules: all-linear
 training:
-  num_train_epochs: 1
-  max_steps: 30
+  num_train_epochs: 2
+  max_steps: -1
   learning_rate: 0.0005
   per_device_train_batch_size: 4
   gradient_accumulation_steps: 1
