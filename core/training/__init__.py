@@ -1,0 +1,1 @@
+"""Training: device choice, model loading, the TRL session, callbacks and the event stream."""
