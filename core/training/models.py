@@ -99,14 +99,20 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
-def load_model(source: ModelSource, dtype: str = "fp32", quantization_config: Any = None, attn_implementation: str | None = None) -> Any:
+def load_model(
+    source: ModelSource,
+    dtype: str = "fp32",
+    quantization_config: Any = None,
+    attn_implementation: str | None = None,
+    **extra: Any,
+) -> Any:
     """Load the causal LM. GGUF files are dequantised and copied into a plain model so that PEFT and
     ``save_pretrained`` work on them (TRL-NOTES: transformers keeps a GGUF quantization_config otherwise)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, **extra}
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if attn_implementation:

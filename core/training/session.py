@@ -129,8 +129,12 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
 
     from core.training.callbacks import EventCallback
     from core.training.models import load_model, resolve_model_source
+    from core.training.performance import tuned_settings
 
     source = resolve_model_source(config.model.name_or_path)
+    tuned = tuned_settings(config, device)
+    for reason in tuned.reasons:
+        log.info("auto: %s", reason)
     quantization = None
     if config.model.load_in_4bit:
         if device.kind != "cuda":
@@ -143,12 +147,12 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
             bnb_4bit_compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
         )
     model = load_model(source, dtype=precision if precision != "fp16" else "fp32", quantization_config=quantization,
-                       attn_implementation=config.model.attn_implementation)
+                       attn_implementation=config.model.attn_implementation, **tuned.model_kwargs)
     if run.template is not None:
         run.tokenizer.chat_template = run.template.text  # saved with the adapter: inference uses this template
 
     tc, lc = config.training, config.lora
-    checkpointing = tc.gradient_checkpointing if tc.gradient_checkpointing is not None else device.kind == "cuda"
+    checkpointing = tuned.sft_args.pop("gradient_checkpointing", tc.gradient_checkpointing)
     has_eval = bool(eval_rows)
     args = SFTConfig(
         output_dir=str(output_dir / "checkpoints"),
@@ -179,6 +183,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         disable_tqdm=True,
         dataset_num_proc=None,
         save_only_model=False,
+        **tuned.sft_args,
     )
     peft_config = None
     if lc.enabled:
@@ -199,7 +204,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     events.emit(
         "started", config=_config_summary(config), device=device.as_dict(), precision=precision,
         trainable_params=trainable, total_params=total, gradient_checkpointing=checkpointing,
-        model=source.description, resumed=resume,
+        model=source.description, resumed=resume, auto_choices=tuned.reasons,
     )
     checkpoint = None
     if resume:

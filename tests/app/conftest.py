@@ -54,8 +54,7 @@ def window(qtbot):
     w.session.shutdown()
 
 
-def wait_idle(qtbot, window, timeout_ms: int = 60_000) -> None:
-    """Wait until the load, the audit and the row build have all finished."""
+def _wait_idle(qtbot, window, timeout_ms: int = 60_000) -> None:
     def settled() -> None:
         started = window.session.loaded is not None or window.session.load_error is not None
         assert started and not window.session.busy
@@ -66,12 +65,18 @@ def wait_idle(qtbot, window, timeout_ms: int = 60_000) -> None:
 
 
 @pytest.fixture
-def open_config(qtbot, window):
+def wait_idle(qtbot, window):
+    """``wait_idle()``: wait until the load, the audit and the row build have all finished."""
+    return lambda timeout_ms=60_000: _wait_idle(qtbot, window, timeout_ms)
+
+
+@pytest.fixture
+def open_config(qtbot, window, wait_idle):
     """Load a config into the window and wait for everything to finish."""
     def load(cfg, row: int = 0):
         window.session.row = row
         window.session.set_config(cfg)
-        wait_idle(qtbot, window)
+        wait_idle()
         return window
 
     return load
