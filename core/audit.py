@@ -91,6 +91,7 @@ def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int
     lengths, truncated, eos_lost = [], [], []
     trained_tokens = total_tokens = trainable = 0
     parity: list[ParityIssue] = []
+    checked = 0
     for result in build_rows(run, with_display=False, progress=progress):
         problems.extend(result.problems)
         reason = result.dropped
@@ -103,6 +104,13 @@ def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int
                 eos_lost.append(result.row)
             for note in built.notes:
                 problems.append(RowProblem(result.row, "", note, run.source_file, result.line, "warning"))
+        if len(parity) < 5 and checked < parity_sample:
+            example = run.dataset.examples[result.row]
+            if example is not None and "messages" in example:
+                checked += 1
+                issue = inference_parity(run, result.row)
+                if issue:
+                    parity.append(ParityIssue(result.row, issue))
         if reason is not None:
             dropped.append((result.row, result.line, reason))
             continue
@@ -110,10 +118,6 @@ def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int
         trainable += 1
         trained_tokens += built.n_trained
         total_tokens += len(built.input_ids)
-        if len(parity) < 5 and result.row < parity_sample * 20 and built.kind == "conversation":
-            issue = inference_parity(run, result.row)
-            if issue:
-                parity.append(ParityIssue(result.row, issue))
     method = None
     if run.template is not None and run.builder.train_on in ("auto", "assistant") and run.dataset.format != "text":
         try:

@@ -154,7 +154,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from core.training.events import EventWriter
-    from core.training.session import EXIT_CONFIG, EXIT_CRASH, EXIT_DATA, EXIT_OOM, TrainingFailed, run_training
+    from core.training.session import (
+        EXIT_CONFIG,
+        EXIT_CRASH,
+        EXIT_DATA,
+        EXIT_OOM,
+        TrainingFailed,
+        run_training,
+    )
 
     config_path = args.config
     resume = args.resume is not None

@@ -450,6 +450,9 @@ def _load_folder(source: str, p: Path, split: str, progress: Progress | None) ->
 
 
 def _load_hub(source: str, split: str, progress: Progress | None) -> RawDataset:
+    from core.hub import prefer_offline_when_unreachable
+
+    prefer_offline_when_unreachable()
     import datasets
 
     # The message names the id, so file is left unset (str() would repeat it).

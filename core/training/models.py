@@ -65,6 +65,9 @@ def resolve_model_source(spec: str, base_dir: str | Path | None = None) -> Model
             return ModelSource(spec, str(path), ggufs[0].name)
         return ModelSource(spec, str(path))
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        from core.hub import prefer_offline_when_unreachable
+
+        prefer_offline_when_unreachable()  # a cached model then loads at once; an uncached one fails clearly
         return ModelSource(spec, spec)  # a Hub id; loading says whether it is reachable or cached
     raise ModelError(f"model.name_or_path: '{spec}' is not a local folder, a .gguf file or a Hub id like org/name")
 

@@ -1,0 +1,74 @@
+"""The audit a user runs before training: counts, truncation, parity of inference and training text."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from core.audit import audit_run, format_report
+from core.config import load_run_config
+from core.pipeline import open_run
+
+
+def _run(tmp_path, model, rows=None, data_path=None, **data):
+    if data_path is None:
+        data_path = tmp_path / "data.jsonl"
+        data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"model": {"name_or_path": str(model)}, "data": {"path": str(data_path), **data},
+           "output_dir": str(tmp_path / "out")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    return open_run(load_run_config(tmp_path / "run.yaml"))
+
+
+def conv(q, a):
+    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+
+def test_counts_truncation_and_lost_end_of_turn(tmp_path, tiny_model_factory):
+    rows = [conv("hi", "hello"), conv("tell me a long story", "once upon a time " * 60), conv("bye", "goodbye")]
+    report = audit_run(_run(tmp_path, tiny_model_factory("qwen2_5"), rows, max_length=200))
+    assert report.rows == 3 and report.trainable_rows == 3
+    assert report.truncated_rows == [1] and report.eos_lost_rows == [1]
+    assert 0 < report.trained_share < 1
+    assert not report.clean
+    text = format_report(report)
+    assert "rows 1: the answer's end-of-turn token is cut off" in text
+
+
+def test_parity_reports_a_template_whose_generation_prompt_differs(tmp_path, tiny_model_factory):
+    """Like reasoning models: the generation prompt opens an empty think block that training text lacks."""
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n\n</think>\n\n{% endif %}"
+    )
+    path = tmp_path / "think.jinja"
+    path.write_text(template)
+    run = _run(tmp_path, tiny_model_factory("qwen2_5"), [conv("hi", "hello")])
+    run.config.model.chat_template = str(path)
+    run = open_run(run.config, tokenizer=run.tokenizer)
+    report = audit_run(run)
+    assert report.parity and "differs from the training text" in report.parity[0].message
+    assert "<think>" in report.parity[0].message
+    # assistant-only loss cannot locate the answer safely with such a template: the row is refused, not mis-trained
+    assert report.trainable_rows == 0 and "not prefix-preserving" in report.dropped[0][2]
+    run.config.data.train_on = "all"
+    report = audit_run(open_run(run.config, tokenizer=run.tokenizer))
+    assert report.trainable_rows == 1 and report.parity
+
+
+def test_column_mapping_makes_unusual_columns_trainable(tmp_path, tiny_model_factory):
+    rows = [{"question": "What is 2+2?", "reply": "4"}, {"question": "Capital of Peru?", "reply": "Lima"}]
+    run = _run(tmp_path, tiny_model_factory("llama3"), rows, format="prompt_completion",
+               columns={"prompt": "question", "completion": "reply"})
+    report = audit_run(run)
+    assert report.format == "prompt_completion" and report.trainable_rows == 2, format_report(report)
+
+
+def test_alpaca_demo_audit_is_clean_on_llama3(tmp_path, tiny_model_factory, shared_datasets):
+    run = _run(tmp_path, tiny_model_factory("llama3"), data_path=shared_datasets / "alpaca_en_demo.json",
+               max_length=4096)
+    report = audit_run(run)
+    assert report.format == "alpaca" and report.rows == 999 == report.trainable_rows
+    assert report.mask_method == "trl-patched"
+    assert report.clean, format_report(report)
