@@ -136,3 +136,51 @@ def build_rows(
 
 def resolve_base_dir(config_path: str | Path | None) -> Path | None:
     return Path(config_path).resolve().parent if config_path else None
+
+
+@dataclass
+class TrainingRows:
+    """The examples handed to the trainer, and the rows that will not be trained (reported, never silent)."""
+
+    train: list[tuple[list[int], list[int]]]
+    eval: list[tuple[list[int], list[int]]]
+    dropped: list[tuple[str, RowResult]]  # (source file, result) for rows that will not be trained
+
+
+def build_training_rows(run: RunData, progress: Progress | None = None) -> TrainingRows:
+    """Build every training (and evaluation) example exactly as the preview does. The evaluation rows come
+    from ``data.eval_path`` (a second file, same format detection) or a seeded ``data.eval_fraction`` split."""
+    from core.data import split_eval
+
+    config = run.config
+    train_ids: Sequence[int] = range(len(run.dataset.examples))
+    eval_run: RunData | None = None
+    eval_ids: Sequence[int] = []
+    if config.data.eval_path:
+        from resources import resolve_resource_path
+
+        eval_config = _with_data_path(config, resolve_resource_path(config.data.eval_path))
+        eval_run = open_run(eval_config, tokenizer=run.tokenizer)
+        eval_ids = range(len(eval_run.dataset.examples))
+    elif config.data.eval_fraction > 0:
+        train_ids, eval_ids = split_eval(run.dataset, config.data.eval_fraction, config.training.seed)
+        eval_run = run
+    out = TrainingRows([], [], [])
+    for target, source, ids in ((out.train, run, train_ids), (out.eval, eval_run, eval_ids)):
+        if source is None:
+            continue
+        for result in build_rows(source, ids, with_display=False, progress=progress):
+            if result.dropped is None and result.built is not None:
+                target.append((result.built.input_ids, result.built.labels))
+            else:
+                out.dropped.append((source.source_file, result))
+    return out
+
+
+def _with_data_path(config: RunConfig, path: str) -> RunConfig:
+    import copy
+
+    other = copy.deepcopy(config)
+    other.data.path = path
+    other.data.eval_path = None
+    return other

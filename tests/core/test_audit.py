@@ -72,3 +72,23 @@ def test_alpaca_demo_audit_is_clean_on_llama3(tmp_path, tiny_model_factory, shar
     assert report.format == "alpaca" and report.rows == 999 == report.trainable_rows
     assert report.mask_method == "trl-patched"
     assert report.clean, format_report(report)
+
+
+def test_eval_rows_come_from_a_second_file_or_a_seeded_fraction(tmp_path, tiny_model_factory):
+    from core.pipeline import build_training_rows
+
+    rows = [conv(f"question {i}", f"answer {i}") for i in range(20)]
+    run = _run(tmp_path, tiny_model_factory("qwen2_5"), rows)
+    run.config.data.eval_fraction = 0.25
+    split = build_training_rows(run)
+    assert len(split.train) == 15 and len(split.eval) == 5 and not split.dropped
+    assert build_training_rows(run).eval == split.eval  # same seed, same split
+
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps(conv(f"held out {i}", "x")) + "\n" for i in range(3)) + "{broken\n")
+    run.config.data.eval_fraction = 0.0
+    run.config.data.eval_path = str(eval_file)
+    split = build_training_rows(run)
+    assert len(split.train) == 20 and len(split.eval) == 3
+    (source, result), = split.dropped
+    assert source == str(eval_file) and result.row == 3 and result.line == 4
