@@ -71,7 +71,7 @@ class BuiltExample:
 
     input_ids: list[int]  # after truncation to max_length
     labels: list[int]  # same length; IGNORE_INDEX where no loss
-    tokens: list[TokenInfo]  # every token, including those cut off by truncation (reason "truncated")
+    tokens: list[TokenInfo]  # every token incl. those cut off by truncation; empty when built with_display=False
     text: str  # the rendered training text
     kind: str  # "text" | "prompt_completion" | "conversation"
     train_on: str  # resolved: "all" | "completion" | "assistant"
@@ -189,7 +189,7 @@ class ExampleBuilder:
             if isinstance(example["prompt"], str) != isinstance(example["completion"], str):
                 raise MaskError("prompt and completion must both be text or both be message lists", "completion")
             if isinstance(example["prompt"], str):
-                return self._build_pc_text(example, train_on)
+                return self._build_pc_text(example, train_on, with_display)
             return self._build_pc_conversation(
                 list(example["prompt"]), list(example["completion"]), example.get("tools"), train_on, with_display
             )
@@ -213,10 +213,10 @@ class ExampleBuilder:
             text = text + eos
         ids, offsets = self._encode(text, add_special_tokens=True)
         spans = [(0, len(text), "text", None)]
-        return self._finish(ids, offsets, text, [True] * len(ids), spans, "text", "all", "all", [], {})
+        return self._finish(ids, offsets, text, [True] * len(ids), spans, "text", "all", "all", [], {}, with_display)
 
     # prompt/completion as strings ----------------------------------------------------------------------
-    def _build_pc_text(self, example: dict, train_on: str) -> BuiltExample:
+    def _build_pc_text(self, example: dict, train_on: str, with_display: bool) -> BuiltExample:
         prompt, completion = example["prompt"], example["completion"]
         eos = self.tokenizer.eos_token
         if eos and not completion.endswith(eos):
@@ -237,7 +237,9 @@ class ExampleBuilder:
         boundary = offsets[prompt_len][0] if prompt_len < len(ids) else len(text)
         spans = [(0, boundary, "prompt", None), (boundary, len(text), "completion", None)]
         reasons = {"prompt": "prompt"}
-        return self._finish(ids, offsets, text, trained, spans, "prompt_completion", train_on, train_on, notes, reasons)
+        return self._finish(
+            ids, offsets, text, trained, spans, "prompt_completion", train_on, train_on, notes, reasons, with_display
+        )
 
     # conversational prompt/completion (and messages with train_on=completion) --------------------------
     def _build_pc_conversation(
@@ -276,7 +278,9 @@ class ExampleBuilder:
             boundary = offsets[prompt_len][0] if prompt_len < len(ids) else len(text)
             spans = [(0, boundary, "prompt", None), (boundary, len(text), "completion", None)]
             reasons = {"prompt": "prompt"}
-        return self._finish(ids, offsets, text, trained, spans, "prompt_completion", train_on, method, notes, reasons)
+        return self._finish(
+            ids, offsets, text, trained, spans, "prompt_completion", train_on, method, notes, reasons, with_display
+        )
 
     # conversations -------------------------------------------------------------------------------------
     def _build_conversation(self, messages: list[dict], tools: Any, train_on: str, with_display: bool) -> BuiltExample:
@@ -295,7 +299,9 @@ class ExampleBuilder:
             trained = self._assistant_mask(template, method, messages, tools, text, ids, offsets)
         spans = self._message_spans(template, messages, tools, text) if with_display else []
         reasons = {"system": "system", "user": "user", "tool": "tool", "assistant": "template"}
-        return self._finish(ids, offsets, text, trained, spans, "conversation", train_on, method, notes, reasons)
+        return self._finish(
+            ids, offsets, text, trained, spans, "conversation", train_on, method, notes, reasons, with_display
+        )
 
     def _assistant_mask(
         self,
@@ -372,13 +378,18 @@ class ExampleBuilder:
         method: str,
         notes: list[str],
         reasons: dict[str, str],
+        with_display: bool = True,
     ) -> BuiltExample:
         tokens: list[TokenInfo] = []
         n = len(ids)
         limit = n if self.max_length is None else min(n, self.max_length)
+        if not with_display:  # training and audits need ids and labels only; decoding pieces is the slow part
+            spans, offsets_for_display = [], []
+        else:
+            offsets_for_display = offsets
         spans = [sp for sp in spans if sp[1] > sp[0]]  # a message may render to nothing (folded system prompt)
         span_i = 0
-        for k, (tid, (s, e)) in enumerate(zip(ids, offsets, strict=True)):
+        for k, (tid, (s, e)) in enumerate(zip(ids, offsets_for_display, strict=False)):
             while span_i < len(spans) and s >= spans[span_i][1]:
                 span_i += 1
             role, turn = None, None
