@@ -155,7 +155,10 @@ def test_builtin_chatml_with_markers_equals_trl(tiny_model_factory, shared_datas
     """ChatML with {% generation %} markers (our built-in): TRL uses the markers directly, and so do we."""
     from transformers import AutoTokenizer
 
-    src = tiny_model_factory("none")  # a base model without a chat template
+    import shutil
+
+    src = tmp_path / "base"  # a copy: the shared "none" model must keep having no template
+    shutil.copytree(tiny_model_factory("none"), src)
     tokenizer = AutoTokenizer.from_pretrained(src)
     tokenizer.chat_template = BUILTIN_TEMPLATES["chatml"]
     tokenizer.save_pretrained(src)
