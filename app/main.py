@@ -50,6 +50,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("SFT Studio")
         self.setAcceptDrops(True)
         self.confirm_close = True
+        self.workers_stopped = True
         self.session = StudioSession(self)
 
         self.nav = QListWidget()
@@ -288,7 +289,7 @@ class MainWindow(QMainWindow):
                 event.ignore()
                 return
         settings().setValue("geometry", self.saveGeometry())
-        self.session.shutdown()
+        self.workers_stopped = self.session.shutdown()
         super().closeEvent(event)
 
     # -- waiting (screenshots, tests) -------------------------------------------------------------------
@@ -340,8 +341,10 @@ def run_app(run_file: str | None = None, page: str | None = None, row: int | Non
     if run_file:
         if not window.open_run_file(run_file) and screenshot:
             return 2
-    else:
+    elif screenshot:
         window.session.reload()
+    else:  # after the window is on screen: the load worker imports transformers
+        QTimer.singleShot(0, window.session.reload)
     if page:
         window.show_page(page)
     if screenshot:
@@ -352,11 +355,21 @@ def run_app(run_file: str | None = None, page: str | None = None, row: int | Non
         window.close()
         if not ok:
             print(f"error: could not write {screenshot}", file=sys.stderr)
-            return 1
+            return _exit(window, 1)
         print(f"wrote {screenshot}", file=sys.stderr)
-        return 0
+        return _exit(window, 0)
     window.show()
     if os.environ.get("SFT_STUDIO_TIMING"):
         QTimer.singleShot(0, lambda: print(f"window shown after {time.perf_counter() - started:.2f} s",
                                            file=sys.stderr))
-    return app.exec()
+    return _exit(window, app.exec())
+
+
+def _exit(window: MainWindow, code: int) -> int:
+    """A worker still inside an uninterruptible job (a tokenizer load) would abort the process when its
+    QThread is destroyed; leave without running destructors then."""
+    if not window.workers_stopped:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -89,9 +89,9 @@ class StudioSession(QObject):
             return len(self.loaded.dataset.examples)
         return 0
 
-    def shutdown(self) -> None:
-        for channel in (self._loads, self._audits, self._rows):
-            channel.shutdown()
+    def shutdown(self) -> bool:
+        """Stop the workers; False when one is still stuck in a job (the caller must not destroy it)."""
+        return all([channel.shutdown() for channel in (self._loads, self._audits, self._rows)])
 
     def _on_busy(self, _busy: bool) -> None:
         self.busy_changed.emit(self.busy)

@@ -36,7 +36,7 @@ REASONS = {
     "user": "user turn",
     "tool": "tool result",
     "prompt": "prompt (only the completion is trained)",
-    "template": "chat-template markup outside the answer",
+    "template": "chat-template text (role headers, text the template adds), not from the data",
     "context": "earlier turn (only the last answer is trained)",
     "truncated": "beyond max_length: cut off",
 }
@@ -361,7 +361,15 @@ class ExampleBuilder:
                 break
             if not text.startswith(upto) or len(upto) < start:
                 break
-            spans.append((start, len(upto), message.get("role", "?"), i))
+            # Text before the message's own content is the template's: role headers, and anything it adds by
+            # itself (e.g. SmolLM2's default system prompt) — attributed to no message, so shown as template.
+            content = message.get("content")
+            at = text.find(content, start, len(upto)) if isinstance(content, str) and content.strip() else -1
+            if at > start:
+                spans.append((start, at, "", None))
+                spans.append((at, len(upto), message.get("role", "?"), i))
+            else:
+                spans.append((start, len(upto), message.get("role", "?"), i))
             start = len(upto)
         return spans
 
@@ -394,7 +402,7 @@ class ExampleBuilder:
                 span_i += 1
             role, turn = None, None
             if span_i < len(spans) and spans[span_i][0] <= s:
-                role, turn = spans[span_i][2], spans[span_i][3]
+                role, turn = spans[span_i][2] or None, spans[span_i][3]
             is_trained = bool(trained[k]) and k < limit
             reason = None
             if k >= limit:

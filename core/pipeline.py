@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig
-from core.data import NormalizedDataset, RowProblem, load_raw_dataset, normalize_dataset
+from core.data import NormalizedDataset, RawDataset, RowProblem, load_raw_dataset, normalize_dataset
 from core.masks import BuiltExample, ExampleBuilder, MaskError
 from core.templates import ResolvedTemplate, TemplateError, missing_special_tokens, resolve_chat_template
 
@@ -32,6 +32,7 @@ class RunData:
     source_file: str
     lines: list[int | None]
     notes: list[str] = field(default_factory=list)  # things the user should know (pad token set, …)
+    raw_columns: list[str] = field(default_factory=list)  # the file's own column names (for column mapping)
 
 
 @dataclass
@@ -66,10 +67,14 @@ def open_tokenizer(config: RunConfig) -> tuple[Any, list[str]]:
     return tokenizer, notes
 
 
-def open_run(config: RunConfig, progress: Progress | None = None, tokenizer: Any = None) -> RunData:
+def open_run(
+    config: RunConfig, progress: Progress | None = None, tokenizer: Any = None, raw: RawDataset | None = None
+) -> RunData:
     """Load data and tokenizer for ``config``. Raises DataError / ModelError / TemplateError for input that
-    cannot be used at all (row-level problems are kept in the dataset instead)."""
-    raw = load_raw_dataset(config.data.path, progress=progress)
+    cannot be used at all (row-level problems are kept in the dataset instead). ``raw`` reuses a dataset
+    the caller already read (the app reads it once to show its columns); ``tokenizer`` likewise."""
+    if raw is None:
+        raw = load_raw_dataset(config.data.path, progress=progress)
     dataset = normalize_dataset(
         raw,
         format=config.data.format,
@@ -97,7 +102,9 @@ def open_run(config: RunConfig, progress: Progress | None = None, tokenizer: Any
                 "they are split into pieces the model has never seen together"
             )
     builder = ExampleBuilder(tokenizer, template, config.data.train_on, config.data.max_length)
-    return RunData(config, dataset, tokenizer, template, builder, str(config.data.path), list(raw.lines), notes)
+    return RunData(
+        config, dataset, tokenizer, template, builder, str(config.data.path), list(raw.lines), notes, list(raw.columns)
+    )
 
 
 def _string_prompts(examples: Sequence[dict | None]) -> bool:

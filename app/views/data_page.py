@@ -362,17 +362,18 @@ class DataPage(QWidget):
         seen_rows = {p.row for p in problems if p.severity == "error"}
         items: list[tuple[int, str, str]] = []
         for p in problems:
-            items.append((p.row, p.severity, str(p)))
+            where = f"row {p.row}" + (f" (line {p.line})" if p.line else "")
+            items.append((p.row, p.severity, f"{where} · {p.field + ': ' if p.field else ''}{p.message}"))
         for row, line, reason in dropped:
             if row not in seen_rows:
-                where = f"line {line}: " if line else ""
-                items.append((row, "dropped", f"{where}row {row}: not trained: {reason}"))
+                where = f"row {row}" + (f" (line {line})" if line else "")
+                items.append((row, "dropped", f"{where} · not trained: {reason}"))
         items.sort(key=lambda t: (t[0], t[1] != "error"))
         dark = is_dark()
         colors = {"error": "#ff7b72" if dark else "#c62828", "dropped": "#ff7b72" if dark else "#c62828",
                   "warning": "#e3b341" if dark else "#9a6700"}
         for row, severity, text in items[:5000]:
-            item = QListWidgetItem(f"{'⛔' if severity in ('error', 'dropped') else '⚠'} {text}")
+            item = QListWidgetItem(f"{'✖' if severity in ('error', 'dropped') else '⚠'} {text}")
             item.setData(Qt.ItemDataRole.UserRole, row)
             item.setForeground(self.palette().text() if severity not in colors else _brush(colors[severity]))
             self.problem_list.addItem(item)
@@ -392,8 +393,9 @@ class DataPage(QWidget):
         bad = "#ff7b72" if dark else "#c62828"
 
         def count(n: int, text: str, warn: bool = True) -> str:
-            color = bad if (n and warn) else "inherit"
-            return f"<span style='color:{color}'><b>{n}</b> {text}</span>"
+            if n and warn:
+                return f"<span style='color:{bad}'><b>{n}</b> {text}</span>"
+            return f"<b>{n}</b> {text}"
 
         lines = [
             f"<b>{report.trainable_rows}</b> of {report.rows} rows will be trained · "

@@ -82,6 +82,7 @@ class TemplatePage(QWidget):
         self.source.setReadOnly(True)
         self.source.setFont(mono_font())
         self.source.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.source.setPlaceholderText("No template loaded. Pick a built-in above, or a model that has one.")
         self.highlighter = JinjaHighlighter(self.source.document())
 
         self.doctor = QLabel("")
@@ -105,6 +106,7 @@ class TemplatePage(QWidget):
         self.rendered.setObjectName("renderedRow")
         self.rendered.setReadOnly(True)
         self.rendered.setFont(mono_font())
+        self.rendered.setPlaceholderText("The selected row appears here once a template is available.")
         self.rendered_box = QGroupBox("Selected row rendered (special tokens boxed)")
         QVBoxLayout(self.rendered_box).addWidget(self.rendered)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import QItemSelectionModel, Qt
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import QEvent, QItemSelectionModel, QObject, Qt
+from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -33,6 +33,14 @@ METHOD_WORDS = {
     "markers": "assistant tokens from the template's {% generation %} markers",
     "trl-patched": "assistant tokens from TRL's patched training template",
     "render-diff": "assistant tokens found by rendering each turn (render-diff)",
+}
+
+# (key, Alt held) -> row step
+ROW_KEYS = {
+    (Qt.Key.Key_PageUp, False): -1,
+    (Qt.Key.Key_PageDown, False): 1,
+    (Qt.Key.Key_Left, True): -1,
+    (Qt.Key.Key_Right, True): 1,
 }
 
 
@@ -152,10 +160,8 @@ class TokensPage(QWidget):
         self.next_button.clicked.connect(lambda: self.session.step_row(1))
         self.train_on_combo.currentTextChanged.connect(lambda v: self.session.set_masking(train_on=v))
         self.max_length_spin.valueChanged.connect(lambda v: self.session.set_masking(max_length=v))
-        for keys, delta in (("PgUp", -1), ("PgDown", 1), ("Alt+Left", -1), ("Alt+Right", 1)):
-            shortcut = QShortcut(QKeySequence(keys), self)
-            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            shortcut.activated.connect(lambda d=delta: self.session.step_row(d))
+        for widget in (self.view, self.next_table, self.row_spin, self.train_on_combo, self.max_length_spin):
+            widget.installEventFilter(self)
         self.view.token_clicked.connect(self._on_token_clicked)
         self.next_table.clicked.connect(lambda idx: self.view.select_token(idx.row() + 1))
         session.config_changed.connect(self._sync_controls)
@@ -166,6 +172,15 @@ class TokensPage(QWidget):
         session.row_built.connect(self._on_row_built)
         session.row_failed.connect(lambda m: self.banner.show_message("error", m, "This row cannot be built:"))
         self._sync_controls()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """PgUp/PgDn and Alt+←/→ step through rows from anywhere on the page (the text view would scroll)."""
+        if event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
+            delta = ROW_KEYS.get((event.key(), bool(event.modifiers() & Qt.KeyboardModifier.AltModifier)))
+            if delta is not None:
+                self.session.step_row(delta)
+                return True
+        return super().eventFilter(watched, event)
 
     # -- session → widgets ------------------------------------------------------------------------------
     def _sync_controls(self) -> None:

@@ -127,10 +127,11 @@ class JobChannel(QObject):
         self._generation += 1
         self._set_busy(False)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_ms: int = 10_000) -> bool:
+        """Stop the thread; False when a job that cannot be interrupted (a tokenizer load) is still running."""
         self.cancel()
         self._thread.quit()
-        self._thread.wait(10_000)
+        return self._thread.wait(timeout_ms)
 
     def _set_busy(self, busy: bool) -> None:
         if busy != self._busy:

@@ -58,7 +58,7 @@ def test_broken_file_lists_problems_and_jumps_to_rows(qtbot, open_config, make_c
     items = [page.problem_list.item(i) for i in range(page.problem_list.count())]
     rows = [it.data(Qt.ItemDataRole.UserRole) for it in items]
     assert 1 in rows  # the malformed JSON line
-    assert any("line 2" in it.text() for it in items)
+    assert any("row 1 (line 2) · not valid JSON" in it.text() for it in items)
     statuses = [page.rows_model.data(page.rows_model.index(r, 2)) for r in range(page.rows_model.rowCount())]
     assert statuses[0] == "ok" and statuses[1] == "error"
 
@@ -76,16 +76,16 @@ def test_format_override_shows_the_mismatch_and_recovers(qtbot, window, wait_idl
     page = window.data_page
     page.format_combo.setCurrentText("messages")
     wait_idle()
-    assert page.banner.isVisible() and page.banner.kind == "error"
+    assert page.banner.kind and page.banner.kind == "error"
     assert window.session.config.data.format == "messages"
     page.format_combo.setCurrentText("prompt_completion")
     wait_idle()
     # alpaca has no prompt/completion columns: map them by hand
     if window.session.run is None:
-        assert "prompt" in page.column_combos or page.banner.isVisible()
+        assert "prompt" in page.column_combos or page.banner.kind
     page.format_combo.setCurrentText("auto")
     wait_idle()
-    assert not page.banner.isVisible()
+    assert not page.banner.kind
     assert window.session.loaded.dataset.format == "alpaca"
 
 
@@ -108,9 +108,9 @@ def test_column_mapping_changes_the_rows(window, wait_idle, tmp_path, open_confi
 def test_unreadable_dataset_says_so(window, wait_idle, tmp_path, open_config, make_config):
     window.session.set_config(make_config(tmp_path / "missing.jsonl"))
     wait_idle()
-    assert window.data_page.banner.isVisible()
+    assert window.data_page.banner.kind
     assert "missing.jsonl" in window.data_page.banner.text()
-    assert window.tokens_page.banner.isVisible()
+    assert window.tokens_page.banner.kind
 
 
 def test_rows_model_is_lazy_at_100k_rows(qtbot):

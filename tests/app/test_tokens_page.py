@@ -7,7 +7,7 @@ import time
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 
-from app.views.style import category_color, token_category
+from app.views.style import CATEGORIES, category_color, token_category
 from core.masks import IGNORE_INDEX, ExampleBuilder
 
 
@@ -39,7 +39,12 @@ def test_colours_and_counts_come_from_the_built_example(open_config, make_config
     text = page.counts.text()
     assert f"<b>{built.n_tokens}</b> tokens" in text and f"<b>{built.n_trained}</b> trained" in text
     legend = page.legend.text()
-    assert "trained" in legend and "masked: user turn" in legend and "masked: tool result" in legend
+    shown = {token_category(t.trained, t.reason) for t in built.tokens}
+    assert {"trained", "user"} <= shown
+    for category in shown:
+        name = CATEGORIES[category][0]
+        count = sum(token_category(t.trained, t.reason) == category for t in built.tokens)
+        assert f"{name}&nbsp;</span> {count}" in legend
     # the tooltip names id, label, position, role and reason
     k = next(i for i, t in enumerate(built.tokens) if t.reason == "user")
     tip = page.view.describe(k)
@@ -120,7 +125,9 @@ def test_long_row_stays_responsive(qtbot, tmp_path, open_config, make_config):
 
 def test_text_row_refuses_assistant_mode_with_a_message(qtbot, open_config, make_config, shared_datasets):
     window = open_config(make_config(shared_datasets / "c4_demo.jsonl"))
-    with qtbot.waitSignal(window.session.row_failed, timeout=20_000):
+    with qtbot.waitSignal(window.session.row_built, timeout=20_000):
         window.tokens_page.train_on_combo.setCurrentText("assistant")
-    assert window.tokens_page.banner.isVisible()
+    assert window.session.row_view.result.built is None
+    assert window.tokens_page.banner.kind == "error"
     assert "plain text" in window.tokens_page.banner.text()
+    assert window.tokens_page.view.built is None

@@ -169,3 +169,13 @@ def test_template_file_syntax_error_names_file_and_line(tok, tmp_path):
     path.write_text("{% for m in messages %}\n{{ m['content'] }\n{% endfor %}")
     with pytest.raises(TemplateError, match=r"broken.jinja:2: chat template syntax error"):
         resolve_chat_template(tok, str(path))
+
+
+def test_text_the_template_adds_is_not_attributed_to_the_user(smol_tok):
+    """SmolLM2's template injects a default system prompt: it is template text, not the user's turn."""
+    template = resolve_chat_template(smol_tok, None)
+    built = ExampleBuilder(smol_tok, template, "assistant", 1024).build({"messages": CONV[1:3], "tools": None})
+    injected = [t for t in built.tokens if t.end <= built.text.index("<|im_start|>user")]
+    assert injected and all(t.reason == "template" and t.role is None for t in injected)
+    question = [t for t in built.tokens if t.turn == 0]
+    assert question and all(t.reason == "user" for t in question)
