@@ -51,12 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     with_config(au)
     au.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    tr = sub.add_parser("train", help="train headless, writing the run directory")
+    tr = sub.add_parser(
+        "train", help="train headless, writing the run directory",
+        description="Train headless. Stop gracefully (checkpoint + adapter) with Ctrl-C, a STOP file in the run "
+        "directory, or `stop` on a piped stdin; `pause` / `resume` on stdin hold and continue at a step boundary.")
     tr.add_argument("--config", "-c", metavar="RUN.yaml", help="the run file")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-file setting")
     tr.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                     help="continue from the newest complete checkpoint (of RUN_DIR, or of the run file's output_dir)")
-    tr.add_argument("--from-app", action="store_true", help=argparse.SUPPRESS)
+    tr.add_argument("--from-app", action="store_true",
+                    help="started by the desktop app: end of input on stdin means stop (save and exit)")
 
     iv = sub.add_parser("init", help="write a starter run file that trains offline on the bundled sample data")
     iv.add_argument("path", nargs="?", default="run.yaml", metavar="RUN.yaml")
@@ -152,7 +156,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_PROBLEMS
 
 
+def _log_tail(path: Path, lines: int = 30) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import faulthandler
+
+    from core.training.control import TrainingControl, stdin_is_readable_safely
     from core.training.events import EventWriter
     from core.training.session import (
         EXIT_CONFIG,
@@ -163,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_training,
     )
 
+    faulthandler.enable()  # a native crash (CUDA, bitsandbytes) still leaves a Python stack on stderr
     config_path = args.config
     resume = args.resume is not None
     if resume and args.resume:
@@ -173,12 +192,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "STOP").unlink(missing_ok=True)
+    # Started by the app, EOF on stdin means the app is gone: stop (and save) rather than linger as an orphan.
+    # From a terminal, stdin is read only when it is a pipe (`echo stop | ...`); a TTY is left alone (a run in the
+    # background would be stopped by SIGTTIN) and EOF is ignored (nohup, cron, CI).
+    control = TrainingControl(out, eof_means_stop=args.from_app)
+    if args.from_app or stdin_is_readable_safely():
+        control.start_stdin_reader()
+    control.install_signal_handlers()
     events = EventWriter(out / "events.jsonl", stream=sys.stdout)
     codes = {"config": EXIT_CONFIG, "data": EXIT_DATA, "oom": EXIT_OOM}
     try:
-        result = run_training(config, events=events, resume=resume)
+        result = run_training(config, events=events, resume=resume, control=control)
     except TrainingFailed as exc:
-        events.emit("failed", kind=exc.kind, message=str(exc), hint=exc.hint)
+        events.emit("failed", kind=exc.kind, message=str(exc), hint=exc.hint, log_tail=_log_tail(out / "train.log"))
         print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return codes.get(exc.kind, EXIT_CRASH)
     except _UserError:
@@ -190,24 +216,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         from core.training.devices import DeviceError
         from core.training.models import ModelError
 
-        kind = "crash"
+        kind, hint = "crash", ""
         if isinstance(exc, (ConfigError, ModelError, TemplateError, DeviceError)):
             kind = "config"
         elif isinstance(exc, DataError):
             kind = "data"
-        events.emit("failed", kind=kind, message=str(exc), hint="")
         if kind == "crash":
             import traceback
 
             with open(out / "train.log", "a", encoding="utf-8") as fh:
                 traceback.print_exc(file=fh)
+            hint = "the last lines of train.log show where it failed; `sft-studio train --resume` continues from the last checkpoint"
             print(f"error: training crashed: {type(exc).__name__}: {exc}\n(details in {out / 'train.log'})", file=sys.stderr)
         else:
             print(f"error: {exc}", file=sys.stderr)
+        events.emit("failed", kind=kind, message=f"{type(exc).__name__}: {exc}" if kind == "crash" else str(exc), hint=hint,
+                    log_tail=_log_tail(out / "train.log"))
         return codes.get(kind, EXIT_CRASH)
     finally:
         events.close()
-    print(f"done: {result.steps} steps, adapter saved to {result.adapter_dir}", file=sys.stderr)
+    how = f"stopped ({control.stop_reason}) at step {result.steps}" if result.stopped_early else f"done: {result.steps} steps"
+    print(f"{how}, adapter saved to {result.adapter_dir}", file=sys.stderr)
     return EXIT_OK
 
 

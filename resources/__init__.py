@@ -1,4 +1,4 @@
-"""Files that ship with the studio: the sample dataset, the starter run file and (later) icons.
+"""Files that ship with the studio: the sample dataset, the starter run file, the icons and the desktop entry.
 
 A run file may name these relative to the project (``resources/sample_chat.jsonl``, the default
 ``data.path``); :func:`resolve_resource_path` finds them wherever the studio is installed.
@@ -10,6 +10,36 @@ from pathlib import Path
 
 RESOURCE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATASET = RESOURCE_DIR / "sample_chat.jsonl"
+ICON_DIR = RESOURCE_DIR / "icons"
+ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
+DESKTOP_FILE = RESOURCE_DIR / "sft-studio.desktop"
+APP_NAME = "SFT Studio"
+APP_ID = "sft-studio"  # desktop file name, icon name and WM_CLASS on Linux
+
+
+def icon_path(size: int | None = None) -> Path:
+    """The application icon: the PNG of ``size`` pixels (the nearest size at least as large, else the largest),
+    or the scalable SVG when ``size`` is None."""
+    if size is None:
+        return ICON_DIR / "sft-studio.svg"
+    chosen = next((s for s in ICON_SIZES if s >= size), ICON_SIZES[-1])
+    return ICON_DIR / f"sft-studio-{chosen}.png"
+
+
+def apply_app_identity(app) -> None:  # noqa: ANN001 - a QApplication; Qt is imported only here
+    """Give a ``QApplication`` the studio's name and icon (taskbar, window title bar, Alt-Tab, Wayland dock).
+
+    Call once after creating the application and before showing the first window.
+    """
+    from PySide6.QtGui import QIcon
+
+    app.setApplicationName(APP_NAME)
+    app.setOrganizationName(APP_NAME)
+    app.setDesktopFileName(APP_ID)  # Wayland/X11 match the window to resources/sft-studio.desktop
+    icon = QIcon()
+    for size in ICON_SIZES:
+        icon.addFile(str(icon_path(size)))
+    app.setWindowIcon(icon)
 
 
 def resolve_resource_path(path: str) -> str:

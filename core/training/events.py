@@ -48,9 +48,17 @@ class EventWriter:
             try:
                 self.stream.write(MARKER + line + "\n")
                 self.stream.flush()
-            except (BrokenPipeError, ValueError):
-                self.stream = None  # the reader went away; keep the file
+            except (OSError, ValueError):  # BrokenPipeError: the reader (the app) went away; keep the file
+                self._lose_stream()
         return event
+
+    def _lose_stream(self) -> None:
+        """Stop writing to a stream nobody reads. If it was stdout (the app's pipe), point sys.stdout at devnull
+        too: a later print() from a library would otherwise raise BrokenPipeError mid-training and turn the
+        stop-and-save into a crash. (stderr is left alone: logging and warnings swallow write errors.)"""
+        lost, self.stream = self.stream, None
+        if lost is not None and lost is sys.stdout:
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
     def close(self) -> None:
         if self._file is not None:

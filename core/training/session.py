@@ -5,15 +5,18 @@ DESIGN.md §3.3 and the event stream of §3.4.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import RunConfig, save_run_config
+from core.training.control import TrainingControl
 from core.training.events import EventWriter
 
 log = logging.getLogger("sft_studio.train")
@@ -27,6 +30,7 @@ class TrainResult:
     steps: int
     train_loss: float | None
     dropped_rows: int
+    stopped_early: bool = False
 
 
 class TrainingFailed(Exception):
@@ -35,23 +39,57 @@ class TrainingFailed(Exception):
         self.kind, self.hint = kind, hint
 
 
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+                 "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """The Trainer writes ``trainer_state.json`` last (after weights, optimizer and RNG state), so a checkpoint
+    whose state parses and whose weights exist was fully written; one killed during save lacks either."""
+    state = path / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any((path / name).is_file() for name in _WEIGHT_FILES)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return int(path.name.split("-")[-1])
+    except ValueError:
+        return None
+
+
 def newest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The newest *complete* checkpoint: a half-written one (killed during save) lacks trainer_state.json
-    or its adapter weights and is skipped."""
+    """The newest *complete* checkpoint (see :func:`checkpoint_is_complete`); a half-written one is skipped."""
     if not checkpoints_dir.is_dir():
         return None
     candidates = []
     for path in checkpoints_dir.glob("checkpoint-*"):
-        try:
-            step = int(path.name.split("-")[-1])
-        except ValueError:
-            continue
-        complete = (path / "trainer_state.json").is_file() and (
-            (path / "adapter_model.safetensors").is_file() or (path / "model.safetensors").is_file()
-        )
-        if complete:
+        step = _checkpoint_step(path)
+        if step is not None and path.is_dir() and checkpoint_is_complete(path):
             candidates.append((step, path))
     return max(candidates)[1] if candidates else None
+
+
+def set_aside_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Rename half-written checkpoints to ``incomplete-checkpoint-N`` so that the resumed run can write its own
+    ``checkpoint-N`` cleanly and nothing ever loads them; kept, not deleted, in case a user wants to look."""
+    moved = []
+    if not checkpoints_dir.is_dir():
+        return moved
+    for path in sorted(checkpoints_dir.glob("checkpoint-*")):
+        if _checkpoint_step(path) is None or not path.is_dir() or checkpoint_is_complete(path):
+            continue
+        target = path.with_name("incomplete-" + path.name)
+        n = 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"incomplete-{path.name}.{n}")
+        path.rename(target)
+        moved.append(target)
+    return moved
 
 
 def _setup_file_log(output_dir: Path) -> logging.Handler:
@@ -63,8 +101,11 @@ def _setup_file_log(output_dir: Path) -> logging.Handler:
     return handler
 
 
-def run_training(config: RunConfig, events: EventWriter | None = None, resume: bool = False) -> TrainResult:
-    """Train ``config`` to completion. Writes ``run.yaml`` first, then checkpoints, events and the adapter.
+def run_training(config: RunConfig, events: EventWriter | None = None, resume: bool = False,
+                 control: TrainingControl | None = None) -> TrainResult:
+    """Train ``config`` to completion, or until ``control`` (stdin commands, STOP file, signals) stops it; a stop
+    still saves a checkpoint and the adapter. Writes ``run.yaml`` first, then checkpoints, events and the adapter.
+    With ``resume`` it continues from the newest complete checkpoint and appends to the same ``events.jsonl``.
 
     Raises :class:`TrainingFailed` (kind: config | data | oom | crash) for failures the user can act on."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -76,7 +117,7 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
     if events is None:
         events = EventWriter(output_dir / "events.jsonl")
     try:
-        return _train(config, output_dir, events, resume)
+        return _train(config, output_dir, events, resume, control or TrainingControl(output_dir))
     finally:
         for name in ("sft_studio", "transformers", "trl", "peft"):
             logging.getLogger(name).removeHandler(handler)
@@ -85,7 +126,7 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
             events.close()
 
 
-def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: bool) -> TrainResult:
+def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: bool, control: TrainingControl) -> TrainResult:
     from core.pipeline import build_rows, open_run
     from core.training.devices import choose_precision, detect_device
 
@@ -127,7 +168,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from core.training.callbacks import EventCallback
+    from core.training.callbacks import BatchStats, EventCallback
     from core.training.models import load_model, resolve_model_source
     from core.training.performance import tuned_settings
 
@@ -146,8 +187,21 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
         )
-    model = load_model(source, dtype=precision if precision != "fp16" else "fp32", quantization_config=quantization,
-                       attn_implementation=config.model.attn_implementation, **tuned.model_kwargs)
+    stats = BatchStats()
+
+    class StudioTrainer(SFTTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            stats.add_batch(inputs)  # what this micro-batch trains: supervised tokens, padding share
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    try:
+        model = load_model(source, dtype=precision if precision != "fp16" else "fp32", quantization_config=quantization,
+                           attn_implementation=config.model.attn_implementation, **tuned.model_kwargs)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise TrainingFailed("oom", f"out of memory while loading the model: {_first_line(exc)}{_memory_report(device)}",
+                                 _oom_hint(config)) from None
+        raise
     if run.template is not None:
         run.tokenizer.chat_template = run.template.text  # saved with the adapter: inference uses this template
 
@@ -180,6 +234,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         max_length=config.data.max_length,
         packing=tc.packing,
         report_to=list(tc.report_to) or "none",
+        logging_nan_inf_filter=False,  # show a NaN loss as NaN (the watchdog reports it) instead of hiding it
         disable_tqdm=True,
         dataset_num_proc=None,
         save_only_model=False,
@@ -195,34 +250,49 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     eval_ds = (
         Dataset.from_dict({"input_ids": [r[0] for r in eval_rows], "labels": [r[1] for r in eval_rows]}) if has_eval else None
     )
-    callback = EventCallback(events, output_dir, run_config=config)
-    trainer = SFTTrainer(
+    callback = EventCallback(events, output_dir, run_config=config, control=control, stats=stats)
+    trainer = StudioTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=run.tokenizer,
         peft_config=peft_config, callbacks=[callback],
     )
+    from transformers import PrinterCallback
+
+    # Its print() of every log dict would raise BrokenPipeError once the app is gone (and kill the stop-and-save
+    # that EOF asks for); the same numbers are in the events and, one line per log, in train.log.
+    trainer.remove_callback(PrinterCallback)
     trainable, total = _param_counts(trainer.model)
-    events.emit(
-        "started", config=_config_summary(config), device=device.as_dict(), precision=precision,
-        trainable_params=trainable, total_params=total, gradient_checkpointing=checkpointing,
-        model=source.description, resumed=resume, auto_choices=tuned.reasons,
-    )
     checkpoint = None
     if resume:
+        for moved in set_aside_incomplete_checkpoints(output_dir / "checkpoints"):
+            log.warning("--resume: %s was half-written (killed while saving); set aside as %s", moved.name[11:], moved.name)
         checkpoint = newest_checkpoint(output_dir / "checkpoints")
         if checkpoint is None:
             log.warning("--resume: no complete checkpoint in %s; starting from the beginning", output_dir / "checkpoints")
         else:
             log.info("resuming from %s", checkpoint)
+    events.emit(
+        "started", config=_config_summary(config), device=device.as_dict(), precision=precision,
+        trainable_params=trainable, total_params=total, gradient_checkpointing=checkpointing,
+        model=source.description, resumed=resume, resumed_from=str(checkpoint) if checkpoint else None,
+        resumed_from_step=_checkpoint_step(checkpoint) if checkpoint else None,
+        auto_choices=tuned.reasons, pid=os.getpid(), host=socket.gethostname(),
+    )
     try:
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except torch.OutOfMemoryError as exc:
-        raise TrainingFailed("oom", f"out of memory: {str(exc).splitlines()[0]}", _oom_hint(config)) from None
+    except Exception as exc:
+        if _is_oom(exc):
+            raise TrainingFailed("oom", f"out of memory at step {trainer.state.global_step}: {_first_line(exc)}"
+                                        f"{_memory_report(device)}", _oom_hint(config)) from None
+        raise
 
     adapter_dir = output_dir / "adapter"
     _save_atomically(trainer, run.tokenizer, adapter_dir)
-    events.emit("finished", adapter=str(adapter_dir), steps=trainer.state.global_step,
-                train_loss=output.training_loss, stopped_early=callback.stop_requested)
-    return TrainResult(adapter_dir, trainer.state.global_step, output.training_loss, len(dropped) + len(eval_dropped))
+    stopped_early = control.stop_reason is not None and trainer.state.global_step < trainer.state.max_steps
+    events.emit("finished", adapter=str(adapter_dir), steps=trainer.state.global_step, total=trainer.state.max_steps,
+                train_loss=output.training_loss, stopped_early=stopped_early,
+                stop_reason=control.stop_reason if stopped_early else None)
+    return TrainResult(adapter_dir, trainer.state.global_step, output.training_loss, len(dropped) + len(eval_dropped),
+                       stopped_early=stopped_early)
 
 
 def _split(run: Any, config: RunConfig) -> tuple[list[int], list[int]]:
@@ -254,6 +324,37 @@ def _config_summary(config: RunConfig) -> dict:
     from core.config import config_to_dict
 
     return config_to_dict(config)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _memory_report(device: Any) -> str:
+    """`` (peak 71.2 GiB allocated, 76.0 GiB reserved of 79.1 GiB on NVIDIA H100)`` where CUDA can tell."""
+    try:
+        import torch
+
+        if device.kind == "cuda" and torch.cuda.is_initialized():
+            gib = 2**30
+            total = device.total_memory or torch.cuda.get_device_properties(0).total_memory
+            return (f" (peak {torch.cuda.max_memory_allocated() / gib:.1f} GiB allocated, "
+                    f"{torch.cuda.memory_reserved() / gib:.1f} GiB reserved of {total / gib:.1f} GiB on {device.name})")
+    except Exception:
+        pass
+    return ""
 
 
 def _oom_hint(config: RunConfig) -> str:

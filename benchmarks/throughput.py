@@ -1,0 +1,518 @@
+"""Plain TRL defaults vs the studio's automatic path, side by side in one process, on the same synthetic
+Alpaca-like data and the same LoRA (r=16, alpha=32, all-linear, no dropout), random weights of real
+architectures. Also QLoRA (NF4, double quantisation, bf16 compute) end to end and the memory estimate against
+measured peaks.
+
+    python benchmarks/throughput.py --out OUT [--only qwen,llama,qlora,grid] [--tiny]
+
+Writes one JSON object per experiment to OUT/results.jsonl and prints a table. ``--tiny`` runs a 2-layer model
+on the CPU to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch  # noqa: E402
+
+from benchmarks.architectures import LLAMA_3_1_8B, QWEN2_5_0_5B  # noqa: E402
+
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": False}
+H100_BF16_PEAK = 989e12  # dense bf16 tensor-core peak of an H100 SXM (datasheet)
+GiB = 2**30
+RESULTS: list[dict] = []
+OUT = Path(".")
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def make_rows(n: int, vocab: int, max_length: int, seed: int = 0) -> list[dict]:
+    """Alpaca-like lengths (log-normal, median ≈ 180 tokens, mean ≈ 220, cut at max_length) with a learnable
+    rule: each next token is a fixed function of the previous one (a random permutation of a 4096-token subset).
+    The first ~35 % of each row is the prompt (labels -100)."""
+    import random
+
+    rng = random.Random(seed)
+    subset = list(range(16, min(vocab, 4096 + 16)))
+    perm = subset[:]
+    rng.shuffle(perm)
+    nxt = dict(zip(subset, perm, strict=True))
+    rows = []
+    for _ in range(n):
+        length = max(24, min(max_length, int(rng.lognormvariate(5.2, 0.6))))
+        tok = rng.choice(subset)
+        ids = []
+        for _ in range(length):
+            ids.append(tok)
+            tok = nxt[tok]
+        prompt = max(4, int(length * rng.uniform(0.2, 0.5)))
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return rows
+
+
+def tokenizer():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({"<pad>": 0, "<eos>": 1, "a": 2}, unk_token="<pad>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+
+
+def lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def build_model(arch: dict, attn: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    from core.training.memory import load_model_config
+
+    config = load_model_config(arch)
+    config._attn_implementation = attn
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    return model
+
+
+def trainer_class():
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    class Timed(SFTTrainer):
+        """SFTTrainer that records the largest micro-batch (host-side, no sync)."""
+
+        max_micro_tokens = 0
+        max_trained_tokens = 0
+
+        def _wrap_collator(self):
+            inner = self.data_collator
+
+            def collate(examples):
+                batch = inner(examples)
+                self.max_micro_tokens = max(self.max_micro_tokens, int(batch["input_ids"].numel()))
+                trained = sum(sum(1 for x in e["labels"][1:] if x != -100) for e in examples)
+                self.max_trained_tokens = max(self.max_trained_tokens, trained)
+                return batch
+
+            self.data_collator = collate
+
+    class Clock(TrainerCallback):
+        def __init__(self, trainer_ref, warmup):
+            self.ref, self.warmup, self.marks, self.losses = trainer_ref, warmup, [], []
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == self.warmup or state.global_step == args.max_steps:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.marks.append((time.perf_counter(), self.ref[0]._total_train_tokens, state.global_step))
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append((state.global_step, float(logs["loss"])))
+
+    return Timed, Clock
+
+
+def run_trainer(name: str, model, args, rows, *, arch: dict, steps: int, warmup: int, extra: dict,
+                estimate_fn=None) -> dict:
+    from datasets import Dataset
+
+    Timed, Clock = trainer_class()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_alloc = torch.cuda.memory_allocated()
+    ds = Dataset.from_list(rows)
+    ref = [None]
+    clock = Clock(ref, warmup)
+    t0 = time.perf_counter()
+    trainer = Timed(model=model, args=args, train_dataset=ds, processing_class=tokenizer(), peft_config=lora_config(),
+                    callbacks=[clock])
+    ref[0] = trainer
+    trainer._wrap_collator()
+    setup_s = time.perf_counter() - t0
+    trainer.train()
+    (t_a, tok_a, s_a), (t_b, tok_b, s_b) = clock.marks[0], clock.marks[-1]
+    tps = (tok_b - tok_a) / (t_b - t_a)
+    from types import SimpleNamespace
+
+    from core.training.memory import count_parameters
+
+    params = count_parameters(arch, SimpleNamespace(enabled=True, r=16, target_modules="all-linear", use_dora=False))
+    result = {
+        "name": name, "tokens_per_s": round(tps, 1), "steps_timed": s_b - s_a,
+        "tokens_per_step": round((tok_b - tok_a) / max(1, s_b - s_a), 1),
+        "mfu": round(tps * 4 * params.total / H100_BF16_PEAK, 4), "setup_s": round(setup_s, 1),
+        "max_micro_tokens": trainer.max_micro_tokens, "losses": clock.losses, **extra,
+    }
+    if device == "cuda":
+        result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 3)
+        result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GiB, 3)
+        result["model_alloc_gib"] = round(base_alloc / GiB, 3)
+    if estimate_fn is not None:
+        est = estimate_fn(trainer.max_micro_tokens, trainer.max_trained_tokens)
+        result["estimate_allocated_gib"] = round(est.peak_allocated / GiB, 3)
+        result["estimate_total_gib"] = round(est.total / GiB, 3)
+        result["estimate_breakdown_gib"] = {k: round(v / GiB, 3) for k, v in est.breakdown().items()}
+        if "peak_allocated_gib" in result:
+            result["estimate_error"] = round(result["estimate_allocated_gib"] / result["peak_allocated_gib"] - 1, 3)
+    return result, trainer
+
+
+def record(result: dict) -> None:
+    RESULTS.append(result)
+    with open(OUT / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+    show = {k: v for k, v in result.items() if k not in ("losses", "estimate_breakdown_gib")}
+    print("RESULT", json.dumps(show), flush=True)
+
+
+def free(*objs) -> None:
+    for o in objs:
+        del o
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def base_sft_args(out: str, steps: int, device: str) -> dict:
+    return dict(output_dir=out, max_steps=steps, report_to="none", save_strategy="no", logging_steps=5,
+                disable_tqdm=True, seed=0, **({} if device == "cuda" else {"use_cpu": True, "bf16": False}))
+
+
+def studio_config(arch_name: str, *, batch=8, max_length=1024, checkpointing=None, four_bit=False, lr=2e-4):
+    from core.config import RunConfig
+
+    c = RunConfig()
+    c.model.name_or_path = arch_name
+    c.model.load_in_4bit = four_bit
+    c.lora.r, c.lora.lora_alpha, c.lora.lora_dropout, c.lora.target_modules = 16, 32, 0.0, "all-linear"
+    c.training.per_device_train_batch_size = batch
+    c.training.gradient_accumulation_steps = 1
+    c.training.gradient_checkpointing = checkpointing
+    c.training.learning_rate = lr
+    c.data.max_length = max_length
+    return c
+
+
+def device_info():
+    from core.training.devices import detect_device
+
+    return detect_device("auto")
+
+
+# --------------------------------------------------------------------------------------------- experiments
+
+
+def plain_trl(name, arch, rows, steps, warmup, device, *, batch=8, max_length=1024, checkpointing=True, model=None,
+              four_bit=False):
+    """TRL's SFTConfig defaults (bf16, gradient checkpointing, padded batches, SDPA), LoRA r16 all-linear."""
+    from trl import SFTConfig
+
+    from core.training.memory import estimate_memory
+
+    model = model if model is not None else build_model(arch, "sdpa", device)
+    args = SFTConfig(per_device_train_batch_size=batch, max_length=max_length,
+                     gradient_checkpointing=checkpointing, **base_sft_args(f"/tmp/bench-{name}", steps, device))
+    cfg = studio_config(name, batch=batch, max_length=max_length, checkpointing=checkpointing, four_bit=four_bit)
+
+    def est(tokens, trained_tokens):
+        return estimate_memory(cfg, None, model_config=arch, gradient_checkpointing=checkpointing, tokens=tokens,
+                               padding_free=False, trained_tokens=trained_tokens,
+                               device_kind=device)
+
+    result, trainer = run_trainer(name, model, args, rows, arch=arch, steps=steps, warmup=warmup, estimate_fn=est,
+                                  extra={"path": "plain-trl", "batch": batch, "checkpointing": checkpointing,
+                                         "four_bit": four_bit})
+    record(result)
+    return trainer
+
+
+def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_model=None, **cfg_kw):
+    """The studio's automatic choices (core.training.performance.tuned_settings), applied as session.py does."""
+    from trl import SFTConfig
+
+    from core.training.memory import estimate_memory
+    from core.training.performance import tuned_settings
+
+    cfg = studio_config(name, four_bit=four_bit_model is not None, **cfg_kw)
+    dev = device_info()
+    lengths = [len(r["input_ids"]) for r in rows]
+    tuned = tuned_settings(cfg, dev, model_config=arch, lengths=lengths, liger=liger)
+    for reason in tuned.reasons:
+        print(f"  [{name}] auto: {reason}", flush=True)
+    attn = cfg.model.attn_implementation or tuned.attn_implementation or "sdpa"
+    model = four_bit_model if four_bit_model is not None else build_model(arch, attn, device)
+    tc = cfg.training
+    base = dict(per_device_train_batch_size=tc.per_device_train_batch_size,
+                gradient_accumulation_steps=tc.gradient_accumulation_steps, max_length=cfg.data.max_length,
+                packing=tc.packing, learning_rate=tc.learning_rate,
+                gradient_checkpointing=bool(tc.gradient_checkpointing), **base_sft_args(f"/tmp/bench-{name}", steps, device))
+    kwargs = tuned.sft_kwargs(base)
+    args = SFTConfig(**kwargs)
+    padding_free = bool(kwargs.get("padding_free"))
+
+    def est(tokens, trained_tokens):
+        return estimate_memory(cfg, None, model_config=arch, gradient_checkpointing=bool(kwargs["gradient_checkpointing"]),
+                               micro_batch=kwargs["per_device_train_batch_size"], tokens=tokens,
+                               padding_free=padding_free, liger=bool(kwargs.get("use_liger_kernel")),
+                               trained_tokens=trained_tokens, device_kind=device, attn=attn)
+
+    extra = {"path": "studio", "attn": attn, "padding_free": padding_free,
+             "checkpointing": bool(kwargs["gradient_checkpointing"]), "liger": bool(kwargs.get("use_liger_kernel")),
+             "batch": kwargs["per_device_train_batch_size"], "accum": kwargs.get("gradient_accumulation_steps", 1),
+             "reasons": tuned.reasons}
+    result, trainer = run_trainer(name, model, args, rows, arch=arch, steps=steps, warmup=warmup, estimate_fn=est,
+                                  extra=extra)
+    record(result)
+    return trainer
+
+
+def guarded(fn, *a, **kw):
+    try:
+        return fn(*a, **kw)
+    except Exception as exc:  # noqa: BLE001 - one failed experiment must not stop the others
+        traceback.print_exc()
+        record({"name": a[0] if a else fn.__name__, "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
+        return None
+    finally:
+        free()
+
+
+def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True):
+    """Save random bf16 weights, load them in NF4 (double quantisation, bf16 compute), train (plain TRL and the
+    studio path), save the adapter, reload it, merge it into the 16-bit base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if not (folder / "config.json").exists():
+        t0 = time.perf_counter()
+        m = build_model(arch, "sdpa", device)
+        m.save_pretrained(folder)
+        tokenizer().save_pretrained(folder)
+        del m
+        free()
+        print(f"saved random {folder.name} in {time.perf_counter() - t0:.0f}s", flush=True)
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+
+    def load4(attn):
+        t0 = time.perf_counter()
+        m = AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb, dtype=torch.bfloat16,
+                                                 device_map={"": 0}, attn_implementation=attn)
+        print(f"loaded 4-bit in {time.perf_counter() - t0:.0f}s, {torch.cuda.memory_allocated() / GiB:.2f} GiB",
+              flush=True)
+        return m
+
+    if baseline:
+        guarded(plain_trl, "qlora-plain-trl", arch, rows, steps, warmup, device, model=load4("sdpa"))
+        free()
+    trainer = guarded(studio, "qlora-studio", arch, rows, steps, warmup, device, four_bit_model=load4("sdpa"))
+    if trainer is None:
+        return
+    # end to end: save, reload, merge into a 16-bit base
+    out = {"name": "qlora-roundtrip"}
+    try:
+        batch = trainer.data_collator([{k: v for k, v in r.items()} for r in rows[:8]])
+        batch = {k: v.to("cuda") for k, v in batch.items() if torch.is_tensor(v)}
+        trainer.model.eval()
+
+        def loss_of(model):
+            with torch.no_grad():
+                return float(model(**batch).loss)
+
+        out["loss_trained_4bit"] = loss_of(trainer.model)
+        adapter = Path("/tmp/qlora-adapter")
+        trainer.model.save_pretrained(adapter)
+        out["adapter_files"] = sorted(p.name for p in adapter.iterdir())
+        del trainer
+        free()
+        base4 = load4("sdpa")
+        out["loss_base_4bit"] = loss_of(base4)
+        reloaded = PeftModel.from_pretrained(base4, adapter)
+        out["loss_reloaded_4bit"] = loss_of(reloaded)
+        del reloaded, base4
+        free()
+        base16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": 0},
+                                                      attn_implementation="sdpa")
+        merged = PeftModel.from_pretrained(base16, adapter).merge_and_unload()
+        out["loss_merged_bf16"] = loss_of(merged)
+        out["merged_type"] = type(merged).__name__
+        out["merged_dtype"] = str(next(merged.parameters()).dtype)
+        merged.save_pretrained("/tmp/qlora-merged")
+        out["merged_saved"] = True
+        del merged, base16
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        out["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+    record(out)
+    free()
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "liger-kernel",
+                "flash-attn"):
+        try:
+            env[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            env[pkg] = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env["device"] = f"{p.name}, {p.total_memory / GiB:.1f} GiB, {p.multi_processor_count} SMs"
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def experiments(qwen, llama, rows, device, steps):
+    qs, ls = (steps or 40), (steps or 16)
+    folder = Path("/tmp/llama8b-random")
+    return {
+        "qwen": [
+            ("qwen0.5b-plain-trl", lambda: plain_trl("qwen0.5b-plain-trl", qwen, rows, qs, 5, device)),
+            ("qwen0.5b-studio", lambda: studio("qwen0.5b-studio", qwen, rows, qs, 5, device)),
+        ],
+        "qwen2": [
+            ("qwen0.5b-studio-liger", lambda: studio("qwen0.5b-studio-liger", qwen, rows, qs, 5, device, liger=True)),
+        ],
+        "llama": [
+            ("llama8b-plain-trl", lambda: plain_trl("llama8b-plain-trl", llama, rows, ls, 4, device)),
+            ("llama8b-studio", lambda: studio("llama8b-studio", llama, rows, ls, 4, device)),
+        ],
+        "llama2": [
+            ("llama8b-studio-noliger", lambda: studio("llama8b-studio-noliger", llama, rows, ls, 4, device,
+                                                      liger=False)),
+        ],
+        "grid": [
+            (f"grid-qwen-plain-b{bs}-l{ml}-ck{int(ck)}",
+             (lambda bs=bs, ml=ml, ck=ck: plain_trl(f"grid-qwen-plain-b{bs}-l{ml}-ck{int(ck)}", qwen, rows, 6, 2,
+                                                    device, batch=bs, max_length=ml, checkpointing=ck)))
+            for bs, ml, ck in ((4, 512, False), (16, 1024, False), (16, 2048, True))
+        ] + [
+            (f"grid-qwen-studio-b{bs}-ck{int(ck)}",
+             (lambda bs=bs, ck=ck: studio(f"grid-qwen-studio-b{bs}-ck{int(ck)}", qwen, rows, 6, 2, device, batch=bs,
+                                          checkpointing=ck)))
+            for bs, ck in ((16, False), (32, True))
+        ],
+        "grid8b": [
+            ("grid-llama8b-studio-b8-ck1", lambda: studio("grid-llama8b-studio-b8-ck1", llama, rows, 6, 2, device,
+                                                          batch=8, checkpointing=True)),
+            ("grid-llama8b-plain-b4-l512-ck0", lambda: plain_trl("grid-llama8b-plain-b4-l512-ck0", llama, rows, 6, 2,
+                                                                 device, batch=4, max_length=512,
+                                                                 checkpointing=False)),
+        ],
+        "qlora": [
+            ("qlora-save", lambda: save_random(llama, device, folder)),
+            ("qlora-plain-trl", lambda: qlora_plain(llama, rows, steps or 20, 4, device, folder)),
+            ("qlora-studio", lambda: qlora(llama, rows, steps or 20, 4, device, folder, baseline=False)),
+        ],
+    }
+
+
+def save_random(arch, device, folder: Path) -> None:
+    t0 = time.perf_counter()
+    m = build_model(arch, "sdpa", device)
+    m.save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    print(f"saved random {folder.name} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def load4(folder: Path, attn: str = "sdpa"):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    t0 = time.perf_counter()
+    m = AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb, dtype=torch.bfloat16,
+                                             device_map={"": 0}, attn_implementation=attn)
+    print(f"loaded 4-bit in {time.perf_counter() - t0:.0f}s, {torch.cuda.memory_allocated() / GiB:.2f} GiB", flush=True)
+    return m
+
+
+def qlora_plain(arch, rows, steps, warmup, device, folder: Path) -> None:
+    trainer = plain_trl("qlora-plain-trl", arch, rows, steps, warmup, device, model=load4(folder), four_bit=True)
+    del trainer
+
+
+def main() -> None:
+    global OUT
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
+    ap.add_argument("--only", default="qwen,llama,qlora,grid")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--one", default=None, help="run this one experiment in this process (used by the parent)")
+    a = ap.parse_args()
+    OUT = Path(a.out)
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not a.one:
+        env = environment()
+        print("ENV", json.dumps(env), flush=True)
+        (OUT / "env.json").write_text(json.dumps(env, indent=1))
+    qwen, llama = (TINY, TINY) if a.tiny else (QWEN2_5_0_5B, LLAMA_3_1_8B)
+    rows = make_rows(4000, qwen["vocab_size"], 1024)
+    lens = [len(r["input_ids"]) for r in rows]
+    if not a.one:
+        print(f"data: {len(rows)} rows, mean {sum(lens) / len(lens):.0f} tokens, max {max(lens)}", flush=True)
+    table = experiments(qwen, llama, rows, device, a.steps)
+    if a.one:
+        for group in table.values():
+            for name, fn in group:
+                if name == a.one:
+                    guarded(fn)
+                    if name == "qlora-save":
+                        record({"name": name, "done": True})
+        return
+    import subprocess
+
+    for group in a.only.split(","):
+        for name, _ in table.get(group, []):
+            cmd = [sys.executable, __file__, "--out", str(OUT), "--one", name] + (["--tiny"] if a.tiny else []) + (
+                ["--steps", str(a.steps)] if a.steps else [])
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, timeout=400)
+            print(f"[{name}] exit {proc.returncode} in {time.perf_counter() - t0:.0f}s", flush=True)
+    RESULTS.clear()
+    RESULTS.extend(json.loads(line) for line in (OUT / "results.jsonl").read_text().splitlines() if line.strip())
+    print("\nSUMMARY")
+    for r in RESULTS:
+        if "error" in r:
+            print(f"{r['name']:<36} ERROR {r['error'][:150]}")
+        elif "tokens_per_s" in r:
+            print(f"{r['name']:<36} {r['tokens_per_s']:>9.0f} tok/s  MFU {r['mfu']:.3f}  peak "
+                  f"{r.get('peak_allocated_gib', float('nan')):.2f} GiB  est {r.get('estimate_allocated_gib', 0):.2f} "
+                  f"GiB ({r.get('estimate_error', math.nan):+.1%})  loss {r['losses'][:1]} -> {r['losses'][-1:]}")
+        else:
+            print(r)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,708 @@
+"""Export a finished run: the LoRA adapter (PEFT format + tokenizer + chat template + model card), a merged
+16-bit model, a GGUF file (through llama.cpp's converter, when the user has it), or a push to the Hub.
+
+Every export is written into a temporary folder next to the destination, verified by reloading it (logits on a
+fixed prompt), and only then renamed into place: a failure (disk full, permission denied, a bad reload) leaves
+no half-written export and raises :class:`ExportError` with a plain message.
+
+This module imports only the standard library at import time (the GUI reaches it); torch, transformers and peft
+are imported inside the functions that need them. :func:`load_run_model` is shared with the chat worker and the
+evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.config import RunConfig
+
+Progress = Callable[[str], None]
+"""Receives a short description of the current stage ("loading the base model", ...)."""
+
+PROBE_MESSAGES = [{"role": "user", "content": "Hello! Who are you, and what can you do?"}]
+PROBE_TEXT = "Hello! Who are you, and what can you do?"
+GGUF_TYPES = ("f16", "bf16", "f32", "q8_0", "auto")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+LLAMA_CPP_HELP = (
+    "GGUF export needs llama.cpp's converter (convert_hf_to_gguf.py), which SFT Studio does not ship. Install it with:\n"
+    "  git clone https://github.com/ggml-org/llama.cpp\n"
+    "  pip install -r llama.cpp/requirements/requirements-convert_hf_to_gguf.txt\n"
+    "then set LLAMA_CPP_DIR to that folder (export LLAMA_CPP_DIR=$PWD/llama.cpp) or put convert_hf_to_gguf.py on "
+    "your PATH. Alternatively export the merged model (--merged) and convert it yourself."
+)
+
+
+class ExportError(Exception):
+    """An export failed; the message says what happened and what to do. Nothing half-written is left behind."""
+
+
+@dataclass
+class ExportResult:
+    kind: str  # "adapter" | "merged" | "gguf" | "hub"
+    path: str  # the destination folder (or the Hub URL)
+    files: list[str] = field(default_factory=list)
+    max_abs_diff: float | None = None  # reload check: largest logit difference on the probe prompt
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "files": self.files, "max_abs_diff": self.max_abs_diff,
+                "notes": self.notes}
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunArtifacts:
+    """What a finished run directory holds."""
+
+    run_dir: Path
+    config: RunConfig
+    adapter_dir: Path
+    is_full_model: bool  # lora.enabled was false: adapter/ holds a whole fine-tuned model
+
+    @property
+    def base_spec(self) -> str:
+        return self.config.model.name_or_path
+
+
+def open_run_dir(run_dir: str | os.PathLike[str]) -> RunArtifacts:
+    """Read ``run.yaml`` and find the trained adapter; raises :class:`ExportError` when the run is unusable."""
+    from core.config import ConfigError, load_run_config
+
+    run = Path(run_dir).expanduser().resolve()
+    if not (run / "run.yaml").is_file():
+        raise ExportError(f"{run}: not a run directory (no run.yaml); pick the output_dir of a training run")
+    try:
+        config = load_run_config(run / "run.yaml")
+    except ConfigError as exc:
+        raise ExportError(f"{run / 'run.yaml'}: {exc}") from None
+    adapter = run / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        return RunArtifacts(run, config, adapter, False)
+    if (adapter / "config.json").is_file():
+        return RunArtifacts(run, config, adapter, True)
+    raise ExportError(
+        f"{run}: the run has no trained adapter yet ({adapter} is missing or incomplete); "
+        "let the training finish, or stop it gracefully so that it saves the adapter"
+    )
+
+
+def inference_device(device: str = "auto") -> str:
+    """``cuda`` / ``mps`` / ``cpu`` for inference (export, chat, evaluation)."""
+    from core.training.devices import DeviceError, detect_device
+
+    try:
+        return detect_device(device).kind
+    except DeviceError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def inference_dtype(device_kind: str, dtype: str = "auto") -> str:
+    """``auto``: bf16 on CUDA GPUs that support it, fp16 on other GPUs and MPS, fp32 on the CPU."""
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if device_kind == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device_kind == "mps":
+        return "fp16"
+    return "fp32"
+
+
+def load_base_model(run: RunArtifacts, device: str, dtype: str) -> Any:
+    """The base model at 16/32-bit (never 4-bit: a QLoRA adapter is applied to, and merged into, full weights).
+    GGUF bases are dequantised by :func:`core.training.models.load_model`."""
+    from core.training.models import ModelError, load_model, resolve_model_source
+
+    try:
+        source = resolve_model_source(run.base_spec, run.run_dir)
+        extra: dict[str, Any] = {}
+        if device == "cuda" and not source.gguf_file:
+            extra["device_map"] = {"": "cuda"}
+        model = load_model(source, dtype="fp32" if source.gguf_file else dtype, **extra)
+    except ModelError as exc:
+        raise ExportError(f"cannot load the base model: {exc}") from None
+    if source.gguf_file and dtype != "fp32":
+        # Cast the weights only: ``model.to(bf16)`` would also round float buffers such as RoPE's inv_freq,
+        # which from_pretrained keeps in fp32 — the reloaded export would then disagree with this model.
+        torch_dtype = _torch_dtype(dtype)
+        for param in model.parameters():
+            param.data = param.data.to(torch_dtype)
+        model.config.dtype = torch_dtype
+    return model.to(device).eval()
+
+
+def load_run_tokenizer(run: RunArtifacts) -> Any:
+    """The tokenizer saved with the adapter: it carries the chat template the run trained with."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{run.adapter_dir}: cannot load the tokenizer saved with the adapter: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_run_model(run: RunArtifacts, device: str = "cpu", dtype: str = "fp32", with_adapter: bool = True) -> Any:
+    """Base model with the run's adapter (a ``PeftModel``; ``disable_adapter()`` gives the base back), the base
+    alone, or — for a full fine-tune — the tuned model itself."""
+    if run.is_full_model and with_adapter:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(run.adapter_dir, dtype=_torch_dtype(dtype)).to(device).eval()
+    base = load_base_model(run, device, dtype)
+    if not with_adapter:
+        return base
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base, str(run.adapter_dir)).eval()
+    except Exception as exc:  # noqa: BLE001 - PEFT raises many types for a mismatched adapter
+        raise ExportError(f"{run.adapter_dir}: the adapter does not fit the base model {run.base_spec}: "
+                          f"{_first_line(exc)}") from None
+
+
+def _torch_dtype(dtype: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def probe_input_ids(tokenizer: Any, device: str = "cpu") -> Any:
+    """The fixed prompt that export verification runs: the chat template's rendering of a greeting."""
+    import torch
+
+    ids: list[int] | None = None
+    if getattr(tokenizer, "chat_template", None):
+        with contextlib.suppress(Exception):
+            rendered = tokenizer.apply_chat_template(PROBE_MESSAGES, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)
+            ids = list(rendered["input_ids"])
+    if not ids:
+        ids = list(tokenizer(PROBE_TEXT)["input_ids"])
+    return torch.tensor([ids], device=device)
+
+
+def _logits(model: Any, ids: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float().cpu()
+
+
+def _compare(reference: Any, other: Any, dtype: str, what: str, strict: bool) -> float:
+    """Largest absolute logit difference; raises when the difference is beyond what the precision explains.
+    fp32: max |Δ| within 1e-5 (same weights) or 1e-4 (merged) of the logit scale. 16-bit: max |Δ| is dominated
+    by rounding of single large logits (≈1 logit for a 135M model in bf16), so the relative RMS error is
+    checked instead: 0.2 % for the same weights; 10 % against base+adapter, a gate for gross failures only —
+    merging rounds W + BA to 16 bits, which moves a small model's logits by ~3 % RMS in bf16."""
+    diff = float((reference - other).abs().max())
+    if dtype == "fp32":
+        tolerance = (1e-5 if strict else 1e-4) * max(1.0, float(reference.abs().max()))
+        ok, shown = diff <= tolerance, f"{diff:.3g} (allowed {tolerance:.3g})"
+    else:
+        relative = float((reference - other).norm() / (reference.norm() + 1e-12))
+        tolerance = 2e-3 if strict else 0.1
+        ok, shown = relative <= tolerance, f"{relative:.2%} relative RMS (allowed {tolerance:.1%})"
+    if not ok:  # also catches NaN
+        raise ExportError(f"verification failed: {what} differ by {shown} on the probe prompt at {dtype}; "
+                          "the export was not kept")
+    return diff
+
+
+# ------------------------------------------------------------------------------------ staging and safety
+
+
+def _describe_os_error(exc: OSError, dest: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return (f"the disk is full (no space left on device) while writing the export to {dest}; nothing was kept. "
+                "Free some space or choose a destination on another disk, then export again.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied while writing the export to {dest} ({exc.strerror}); choose a folder you can write to"
+    return f"could not write the export to {dest}: {exc.strerror or exc}"
+
+
+def check_destination(dest: str | os.PathLike[str], run: RunArtifacts | None = None, overwrite: bool = False) -> Path:
+    """Resolve ``dest`` and refuse destinations that would destroy the run or another file."""
+    target = Path(dest).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"{target}: exists and is not a folder; choose a folder for the export")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ExportError(f"{target}: the folder exists and is not empty; choose another one or allow overwriting")
+    if run is not None:
+        protected = [run.run_dir, run.adapter_dir, run.run_dir / "checkpoints"]
+        for p in protected:
+            p = p.resolve()
+            if target == p or target in p.parents or (p != run.run_dir and p in target.parents):
+                raise ExportError(f"{target}: exporting there would overwrite the run itself ({p}); "
+                                  "choose a folder outside adapter/ and checkpoints/")
+    if target == Path(target.anchor) or target == Path.home().resolve():
+        raise ExportError(f"{target}: refusing to export into a filesystem root or the home folder itself")
+    return target
+
+
+def _check_inside(root: Path) -> list[str]:
+    """Every entry written under ``root`` must be a plain file or folder that resolves inside it."""
+    root = root.resolve()
+    files = []
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() or not path.resolve().is_relative_to(root):
+            raise ExportError(f"the export would write outside its folder ({path.name} points to {path.resolve()}); "
+                              "nothing was kept")
+        if path.is_file():
+            files.append(path.relative_to(root).as_posix())
+    return files
+
+
+@contextlib.contextmanager
+def staged_folder(dest: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``dest``; on success rename it into place (replacing an existing ``dest``
+    only after the new one is complete), on any failure remove it and raise :class:`ExportError`."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.export-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+    except OSError as exc:
+        raise ExportError(_describe_os_error(exc, dest)) from None
+    try:
+        yield tmp
+        _check_inside(tmp)
+        old = None
+        if dest.exists():
+            if any(dest.iterdir()) and not overwrite:
+                raise ExportError(f"{dest}: the folder was filled while exporting; nothing was replaced")
+            old = dest.with_name(f".{dest.name}.export-old-{uuid.uuid4().hex[:8]}")
+            dest.rename(old)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if old is not None:
+                old.rename(dest)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except ExportError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(_describe_os_error(exc, dest)) from None
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ExportError(f"export to {dest} failed: {_first_line(exc)}; nothing was kept") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:300] if text else type(exc).__name__)
+
+
+def _say(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+# ------------------------------------------------------------------------------------------- model card
+
+
+def run_summary(run: RunArtifacts) -> dict:
+    """Final losses and step counts from ``events.jsonl``."""
+    from core.training.events import read_events
+
+    events = read_events(run.run_dir / "events.jsonl")
+    summary: dict[str, Any] = {"train_loss": None, "final_loss": None, "eval_loss": None, "steps": None,
+                               "train_rows": None, "eval_rows": None, "device": None, "precision": None}
+    for e in events:
+        kind = e.get("type")
+        if kind == "metrics":
+            if isinstance(e.get("loss"), (int, float)):
+                summary["final_loss"] = e["loss"]
+                summary["steps"] = e.get("step", summary["steps"])
+            if isinstance(e.get("eval_loss"), (int, float)):
+                summary["eval_loss"] = e["eval_loss"]
+        elif kind == "finished":
+            summary["train_loss"] = e.get("train_loss") if isinstance(e.get("train_loss"), (int, float)) else None
+            summary["steps"] = e.get("steps", summary["steps"])
+        elif kind == "data":
+            summary["train_rows"], summary["eval_rows"] = e.get("train_rows"), e.get("eval_rows")
+        elif kind == "started":
+            summary["device"] = (e.get("device") or {}).get("name")
+            summary["precision"] = e.get("precision")
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _method(config: RunConfig) -> str:
+    lc = config.lora
+    if not lc.enabled:
+        return "full fine-tuning"
+    name = "DoRA" if lc.use_dora else "LoRA"
+    if config.model.load_in_4bit:
+        name = f"QLoRA ({name} on a 4-bit NF4 base)"
+    return name
+
+
+def model_card(run: RunArtifacts, kind: str = "adapter", name: str | None = None) -> str:
+    """A README.md for the export: base model, data, method, hyperparameters, final losses and how to load it."""
+    cfg, s = run.config, run_summary(run)
+    lc, tc = cfg.lora, cfg.training
+    name = name or run.run_dir.name
+    base = cfg.model.name_or_path
+    dataset = Path(cfg.data.path).name if Path(cfg.data.path).exists() else cfg.data.path
+    front = ["---", f"base_model: {json.dumps(base)}" if "/" in base and not Path(base).exists() else None,
+             "library_name: peft" if kind == "adapter" else "library_name: transformers",
+             "tags:", "- sft", "- trl", "- sft-studio"]
+    if kind == "adapter" and lc.enabled:
+        front.append("- lora")
+    front.append("---")
+    lines = [line for line in front if line is not None]
+    lines += [
+        f"# {name}",
+        "",
+        f"{'A LoRA adapter' if kind == 'adapter' else 'A merged model' if kind == 'merged' else 'A GGUF model'} "
+        f"fine-tuned with supervised fine-tuning (TRL `SFTTrainer`) in SFT Studio.",
+        "",
+        "## Training",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Base model | `{base}` |",
+        f"| Dataset | `{dataset}` (format: {cfg.data.format}, loss on: {cfg.data.train_on}) |",
+        f"| Method | {_method(cfg)} |",
+    ]
+    if lc.enabled:
+        targets = lc.target_modules if isinstance(lc.target_modules, str) else ", ".join(lc.target_modules)
+        lines.append(f"| LoRA | r={lc.r}, lora_alpha={lc.lora_alpha}, lora_dropout={lc.lora_dropout}, "
+                     f"target_modules={targets}{', rsLoRA' if lc.use_rslora else ''} |")
+    lines += [
+        f"| Learning rate | {tc.learning_rate:g} ({tc.lr_scheduler_type}, warmup {tc.warmup_steps:g}) |",
+        f"| Batch size | {tc.per_device_train_batch_size} × {tc.gradient_accumulation_steps} gradient accumulation |",
+        f"| Epochs / max steps | {tc.num_train_epochs:g} / {tc.max_steps} |",
+        f"| Max length | {cfg.data.max_length} tokens{' (packed)' if tc.packing else ''} |",
+        f"| Seed | {tc.seed} |",
+        f"| Steps trained | {_fmt(s['steps'])} |",
+        f"| Rows | {_fmt(s['train_rows'])} train, {_fmt(s['eval_rows'])} eval |",
+        f"| Final training loss | {_fmt(s['final_loss'])} (mean over the run: {_fmt(s['train_loss'])}) |",
+        f"| Final eval loss | {_fmt(s['eval_loss'])} |",
+        f"| Hardware | {_fmt(s['device'])}, {_fmt(s['precision'])} |",
+        "",
+        "## How to use it",
+        "",
+    ]
+    if kind == "adapter":
+        lines += [
+            "With PEFT and transformers:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{base}", dtype="auto")',
+            'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # carries the chat template',
+            'messages = [{"role": "user", "content": "Hello!"}]',
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")",
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0]))",
+            "```",
+            "",
+            "With vLLM (LoRA serving):",
+            "",
+            "```bash",
+            f"vllm serve {base} --enable-lora --lora-modules {_slug(name)}=path/to/this/folder"
+            f" --max-lora-rank {max(lc.r, 8)}",
+            "```",
+            "",
+            f"then ask for model `{_slug(name)}` in the OpenAI-compatible API. The adapter was trained with the chat "
+            "template saved here (`chat_template.jinja` / `tokenizer_config.json`); pass it to vLLM with "
+            "`--chat-template` if it differs from the base model's.",
+        ]
+    elif kind == "merged":
+        lines += [
+            "The adapter is merged into the base weights; load it like any model:",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder", dtype="auto")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            "```",
+            "",
+            "With vLLM: `vllm serve path/to/this/folder`.",
+        ]
+    else:
+        lines += ["Load the `.gguf` file with llama.cpp (`llama-cli -m FILE.gguf -cnv`), Ollama or LM Studio."]
+    if cfg.model.load_in_4bit and kind != "adapter":
+        lines += ["", "The adapter was trained on a 4-bit base and merged into the 16-bit base weights; answers can "
+                      "differ slightly from the 4-bit model used in training."]
+    return "\n".join(lines) + "\n"
+
+
+def _slug(name: str) -> str:
+    out = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")
+    return out or "adapter"
+
+
+# ---------------------------------------------------------------------------------------------- exports
+
+
+def export_adapter(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], *, overwrite: bool = False,
+                   device: str = "auto", dtype: str = "auto", progress: Progress | None = None) -> ExportResult:
+    """Write the adapter (PEFT files), tokenizer, chat template and a model card to ``dest``, verified by
+    reloading the written adapter onto the base and comparing logits with the in-memory model."""
+    run = open_run_dir(run_dir)
+    if run.is_full_model:
+        raise ExportError("this run fine-tuned every weight (lora.enabled: false), so it has no adapter; "
+                          "export the merged model instead")
+    target = check_destination(dest, run, overwrite)
+    device = inference_device(device)
+    dtype = inference_dtype(device, dtype)
+    _say(progress, "loading the base model and the adapter")
+    model = load_run_model(run, device, dtype)
+    tokenizer = load_run_tokenizer(run)
+    ids = probe_input_ids(tokenizer, device)
+    reference = _logits(model, ids)
+    with staged_folder(target, overwrite) as tmp:
+        _say(progress, "writing the adapter")
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(model_card(run, "adapter"), encoding="utf-8")
+        _say(progress, "verifying: reloading the written adapter")
+        model.load_adapter(str(tmp), adapter_name="exported")
+        model.set_adapter("exported")
+        try:
+            diff = _compare(reference, _logits(model, ids), dtype, "the reloaded adapter and the run's adapter",
+                            strict=True)
+        finally:
+            model.set_adapter("default")
+            model.delete_adapter("exported")
+        from transformers import AutoTokenizer
+
+        reloaded = AutoTokenizer.from_pretrained(str(tmp))
+        if reloaded.chat_template != tokenizer.chat_template:
+            raise ExportError("verification failed: the chat template did not survive the reload")
+        files = _check_inside(tmp)
+    return ExportResult("adapter", str(target), files, diff)
+
+
+def export_merged(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], *, dtype: str = "auto",
+                  device: str = "auto", overwrite: bool = False, progress: Progress | None = None) -> ExportResult:
+    """Merge the adapter into a freshly loaded 16-bit (or fp32) copy of the base — never into 4-bit weights —
+    and save safetensors + tokenizer + model card; verified by reloading with plain transformers and comparing
+    logits with base+adapter."""
+    run = open_run_dir(run_dir)
+    target = check_destination(dest, run, overwrite)
+    with staged_folder(target, overwrite) as tmp:
+        result = _write_merged(run, tmp, dtype, device, progress)
+        (tmp / "README.md").write_text(model_card(run, "merged"), encoding="utf-8")
+        result.files = _check_inside(tmp)
+    result.path = str(target)
+    return result
+
+
+def _write_merged(run: RunArtifacts, out: Path, dtype: str, device: str, progress: Progress | None) -> ExportResult:
+    import gc
+
+    from transformers import AutoModelForCausalLM
+
+    device = inference_device(device)
+    dtype = inference_dtype(device, dtype)
+    notes = [f"merged at {dtype} on {device}"]
+    if run.config.model.load_in_4bit:
+        notes.append("4-bit (QLoRA) run: merged into a freshly loaded 16-bit base, not into the 4-bit weights")
+    _say(progress, "loading the base model and the adapter")
+    model = load_run_model(run, device, dtype)
+    tokenizer = load_run_tokenizer(run)
+    ids = probe_input_ids(tokenizer, device)
+    reference = _logits(model, ids)
+    merged_logits = reference
+    if not run.is_full_model:
+        _say(progress, "merging the adapter into the base weights")
+        model = model.merge_and_unload()
+        merged_logits = _logits(model, ids)
+        merge_diff = _compare(reference, merged_logits, dtype, "the merged model and base+adapter", strict=False)
+        notes.append(f"merge check: max logit difference {merge_diff:.3g} against base+adapter")
+    _say(progress, "writing safetensors")
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    del model
+    gc.collect()
+    _say(progress, "verifying: reloading the merged model with transformers")
+    extra = {"device_map": {"": "cuda"}} if device == "cuda" else {}
+    try:
+        reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=_torch_dtype(dtype), **extra).to(device).eval()
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"verification failed: the merged model does not reload: {_first_line(exc)}") from None
+    reloaded_logits = _logits(reloaded, ids)
+    _compare(merged_logits, reloaded_logits, dtype, "the reloaded merged model and the merged model", strict=True)
+    diff = _compare(reference, reloaded_logits, dtype, "the reloaded merged model and base+adapter", strict=False)
+    del reloaded
+    gc.collect()
+    return ExportResult("merged", str(out), [], diff, notes)
+
+
+def find_gguf_converter() -> list[str] | None:
+    """The command that runs llama.cpp's ``convert_hf_to_gguf.py``: from ``LLAMA_CPP_DIR``, or on the PATH as
+    ``convert-hf-to-gguf`` / ``convert_hf_to_gguf.py``; None when it is not installed."""
+    root = os.environ.get("LLAMA_CPP_DIR")
+    if root:
+        script = Path(root).expanduser() / "convert_hf_to_gguf.py"
+        if script.is_file():
+            return [sys.executable, str(script)]
+    for name in ("convert-hf-to-gguf", "convert_hf_to_gguf.py"):
+        found = shutil.which(name)
+        if found:
+            return [sys.executable, found] if found.endswith(".py") else [found]
+    return None
+
+
+def export_gguf(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], *, outtype: str = "f16",
+                dtype: str = "auto", device: str = "auto", overwrite: bool = False,
+                progress: Progress | None = None, timeout: float | None = None) -> ExportResult:
+    """Merge the adapter (as :func:`export_merged`), then convert to ``<dest>/<name>.<outtype>.gguf`` with
+    llama.cpp's converter; verified by reading the file back with the ``gguf`` package."""
+    if outtype not in GGUF_TYPES:
+        raise ExportError(f"GGUF type must be one of {', '.join(GGUF_TYPES)}, not {outtype!r}")
+    converter = find_gguf_converter()
+    if converter is None:
+        env = os.environ.get("LLAMA_CPP_DIR")
+        where = f" (LLAMA_CPP_DIR={env} has no convert_hf_to_gguf.py)" if env else ""
+        raise ExportError(LLAMA_CPP_HELP.replace("converter (", f"converter{where} (", 1) if where else LLAMA_CPP_HELP)
+    run = open_run_dir(run_dir)
+    target = check_destination(dest, run, overwrite)
+    filename = f"{_slug(target.name)}.{outtype}.gguf"
+    with staged_folder(target, overwrite) as tmp:
+        merged = tmp / ".merged"
+        merged.mkdir()
+        result = _write_merged(run, merged, dtype, device, progress)
+        _say(progress, "converting to GGUF with llama.cpp")
+        outfile = tmp / filename
+        command = [*converter, str(merged), "--outfile", str(outfile), "--outtype", outtype]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ExportError(f"the GGUF converter did not finish within {timeout:g} s") from None
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+            raise ExportError(f"the GGUF converter ({' '.join(converter[-1:])}) failed with exit code "
+                              f"{proc.returncode}:\n{tail}")
+        shutil.rmtree(merged)
+        if not outfile.is_file():
+            raise ExportError(f"the GGUF converter finished but wrote no {filename}")
+        _say(progress, "verifying: reading the GGUF file back")
+        tensors = _check_gguf(outfile)
+        (tmp / "README.md").write_text(model_card(run, "gguf"), encoding="utf-8")
+        result.files = _check_inside(tmp)
+        result.notes.append(f"{filename}: {tensors} tensors ({outtype})")
+    result.kind, result.path = "gguf", str(target)
+    return result
+
+
+def _check_gguf(path: Path) -> int:
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        count = len(reader.tensors)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a broken file
+        raise ExportError(f"verification failed: {path.name} is not a readable GGUF file ({_first_line(exc)})") from None
+    if count == 0:
+        raise ExportError(f"verification failed: {path.name} holds no tensors")
+    return count
+
+
+def hub_token() -> str | None:
+    """The Hugging Face token from ``HF_TOKEN`` or the token store (``hf auth login``); never written anywhere."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 - a broken token store means "not logged in"
+        return None
+
+
+def push_to_hub(run_dir: str | os.PathLike[str], repo_id: str, *, private: bool = True, token: str | None = None,
+                progress: Progress | None = None) -> ExportResult:
+    """Export the adapter into a temporary folder (verified as :func:`export_adapter`) and upload it to the
+    Hub repository ``repo_id`` (created, private by default, when missing)."""
+    import tempfile
+
+    from core.hub import prefer_offline_when_unreachable
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ExportError(f"Hub repository must look like user/name, not {repo_id!r}")
+    token = token or hub_token()
+    if not token:
+        raise ExportError("not logged in to the Hugging Face Hub: run `hf auth login` (or set HF_TOKEN in the "
+                          "environment), then push again")
+    if prefer_offline_when_unreachable():
+        raise ExportError("the Hugging Face Hub cannot be reached (offline, or HF_HUB_OFFLINE is set); connect to "
+                          "the internet and push again, or export the adapter to a folder and upload it later")
+    with tempfile.TemporaryDirectory(prefix="sft-studio-push-") as tmp:
+        folder = Path(tmp) / _slug(repo_id.split("/")[1])
+        result = export_adapter(run_dir, folder, progress=progress)
+        _say(progress, f"uploading to {repo_id}")
+        try:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                              commit_message="Upload adapter trained with SFT Studio")
+        except Exception as exc:  # noqa: BLE001 - network/auth errors of every kind
+            message = _first_line(exc).replace(token, "***")
+            raise ExportError(f"pushing to {repo_id} failed: {message}") from None
+    return ExportResult("hub", str(url), result.files, result.max_abs_diff,
+                        [f"{'private' if private else 'public'} repository {repo_id}"])
+
+
+def export_run(run_dir: str | os.PathLike[str], *, adapter: str | None = None, merged: str | None = None,
+               gguf: str | None = None, hub: str | None = None, **options: Any) -> list[ExportResult]:
+    """Every export asked for, in order; stops at the first failure."""
+    results = []
+    common = {k: v for k, v in options.items() if k in ("overwrite", "progress")}
+    started = time.time()
+    if adapter:
+        results.append(export_adapter(run_dir, adapter, dtype=options.get("dtype", "auto"),
+                                      device=options.get("device", "auto"), **common))
+    if merged:
+        results.append(export_merged(run_dir, merged, dtype=options.get("dtype", "auto"),
+                                     device=options.get("device", "auto"), **common))
+    if gguf:
+        results.append(export_gguf(run_dir, gguf, outtype=options.get("gguf_type", "f16"),
+                                   dtype=options.get("dtype", "auto"), device=options.get("device", "auto"), **common))
+    if hub:
+        results.append(push_to_hub(run_dir, hub, private=options.get("private", True),
+                                   progress=options.get("progress")))
+    for r in results:
+        r.notes.append(f"finished {time.time() - started:.1f} s after the start")
+    return results
