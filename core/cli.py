@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--from-app", action="store_true",
                     help="started by the desktop app: end of input on stdin means stop (save and exit)")
 
+    from core.export_cli import add_export_parsers
+
+    add_export_parsers(sub)  # export, evaluate, chat-worker
+
     iv = sub.add_parser("init", help="write a starter run file that trains offline on the bundled sample data")
     iv.add_argument("path", nargs="?", default="run.yaml", metavar="RUN.yaml")
     iv.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -268,9 +272,12 @@ def cmd_gui(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].lower().endswith((".yaml", ".yml")):
+        argv.insert(0, "gui")  # `sft-studio run.yaml` (file managers' "Open with") opens it in the app
     args = _parser().parse_args(argv)
     commands = {"preview": cmd_preview, "audit": cmd_audit, "train": cmd_train, "init": cmd_init, "gui": cmd_gui}
-    command = commands.get(args.command or "gui", cmd_gui)
+    command = getattr(args, "handler", None) or commands.get(args.command or "gui", cmd_gui)
     try:
         return command(args)
     except _UserError as exc:

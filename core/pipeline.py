@@ -74,7 +74,9 @@ def open_run(
     cannot be used at all (row-level problems are kept in the dataset instead). ``raw`` reuses a dataset
     the caller already read (the app reads it once to show its columns); ``tokenizer`` likewise."""
     if raw is None:
-        raw = load_raw_dataset(config.data.path, progress=progress)
+        from resources import resolve_resource_path
+
+        raw = load_raw_dataset(resolve_resource_path(config.data.path), progress=progress)
     dataset = normalize_dataset(
         raw,
         format=config.data.format,

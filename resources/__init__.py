@@ -46,11 +46,15 @@ def resolve_resource_path(path: str) -> str:
     """``resources/<name>`` that does not exist relative to the working directory resolves to the installed
     resources folder; any other path is returned unchanged."""
     p = Path(path)
-    if p.exists() or p.is_absolute():
+    if p.exists():
         return path
+    # "resources/x" as written, or made absolute against a run file that lives elsewhere ("/a/b/resources/x")
     parts = p.parts
-    if parts and parts[0] == "resources" and (RESOURCE_DIR.joinpath(*parts[1:])).exists():
-        return str(RESOURCE_DIR.joinpath(*parts[1:]))
+    if "resources" in parts:
+        rest = parts[len(parts) - 1 - parts[::-1].index("resources") + 1 :]
+        candidate = RESOURCE_DIR.joinpath(*rest) if rest else None
+        if candidate is not None and candidate.exists():
+            return str(candidate)
     return path
 
 

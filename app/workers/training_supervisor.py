@@ -204,7 +204,9 @@ class TrainingSupervisor(QObject):
         emit_signal(self.finished, code)
 
     def _spawn(self) -> None:
-        env = dict(os.environ if self.env is None else self.env)
+        from core.launch import child_environment
+
+        env = child_environment(dict(os.environ if self.env is None else self.env))
         env.setdefault("PYTHONUNBUFFERED", "1")  # stray prints arrive in order with the events
         env.setdefault("PYTHONFAULTHANDLER", "1")  # a native crash leaves Python stacks on stderr
         env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -367,8 +369,11 @@ def _signal_name(number: int) -> str:
 
 def _train_command(config_path: str | Path | None, resume: bool, run_dir: str | Path | None,
                    overrides: Sequence[str]) -> list[str]:
-    # sys.executable is the app's own interpreter: the venv that has torch/trl. A frozen build passes `command`.
-    command = [sys.executable, "-m", "core.cli", "train", "--from-app"]
+    # The app's own interpreter (the venv that has torch/trl), or in a frozen bundle the studio executable
+    # re-invoked as the child (core.launch).
+    from core.launch import studio_command
+
+    command = studio_command("train", "--from-app")
     if config_path is not None:
         command += ["--config", str(config_path)]
     if resume:

@@ -127,7 +127,7 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
 
 
 def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: bool, control: TrainingControl) -> TrainResult:
-    from core.pipeline import build_rows, open_run
+    from core.pipeline import build_training_rows, open_run
     from core.training.devices import choose_precision, detect_device
 
     device = detect_device(config.training.device)
@@ -138,12 +138,12 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     for note in run.notes:
         log.warning(note)
         events.emit("warning", message=note)
-    train_ids, eval_ids = _split(run, config)
-    train_rows, dropped = _built(run, train_ids, build_rows)
-    eval_rows, eval_dropped = _built(run, eval_ids, build_rows)
-    for result in dropped + eval_dropped:
-        where = f"{run.source_file}:{result.line}" if result.line else run.source_file
+    rows = build_training_rows(run)
+    train_rows, eval_rows = rows.train, rows.eval
+    for source_file, result in rows.dropped:
+        where = f"{source_file}:{result.line}" if result.line else source_file
         log.warning("%s: row %d not trained: %s", where, result.row, result.dropped)
+    dropped = rows.dropped
     if not train_rows:
         raise TrainingFailed("data", f"{run.source_file}: no row can be trained ({len(dropped)} rows reported)",
                              "run `sft-studio audit --config RUN.yaml` to see why each row is dropped")
@@ -153,7 +153,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         "data",
         train_rows=len(train_rows),
         eval_rows=len(eval_rows),
-        dropped_rows=len(dropped) + len(eval_dropped),
+        dropped_rows=len(dropped),
         tokens=total_tokens,
         supervised_tokens=supervised,
         template=run.template.name if run.template else None,
@@ -173,7 +173,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     from core.training.performance import tuned_settings
 
     source = resolve_model_source(config.model.name_or_path)
-    tuned = tuned_settings(config, device)
+    tuned = tuned_settings(config, device, lengths=[len(ids) for ids, _ in train_rows])
     for reason in tuned.reasons:
         log.info("auto: %s", reason)
     quantization = None
@@ -196,7 +196,8 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
 
     try:
         model = load_model(source, dtype=precision if precision != "fp16" else "fp32", quantization_config=quantization,
-                           attn_implementation=config.model.attn_implementation, **tuned.model_kwargs)
+                           attn_implementation=config.model.attn_implementation or tuned.attn_implementation,
+                           **tuned.model_kwargs)
     except Exception as exc:
         if _is_oom(exc):
             raise TrainingFailed("oom", f"out of memory while loading the model: {_first_line(exc)}{_memory_report(device)}",
@@ -208,7 +209,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     tc, lc = config.training, config.lora
     checkpointing = tuned.sft_args.pop("gradient_checkpointing", tc.gradient_checkpointing)
     has_eval = bool(eval_rows)
-    args = SFTConfig(
+    args = SFTConfig(**tuned.sft_kwargs(dict(
         output_dir=str(output_dir / "checkpoints"),
         num_train_epochs=tc.num_train_epochs,
         max_steps=tc.max_steps,
@@ -238,8 +239,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         disable_tqdm=True,
         dataset_num_proc=None,
         save_only_model=False,
-        **tuned.sft_args,
-    )
+    )))
     peft_config = None
     if lc.enabled:
         peft_config = LoraConfig(
@@ -291,27 +291,10 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     events.emit("finished", adapter=str(adapter_dir), steps=trainer.state.global_step, total=trainer.state.max_steps,
                 train_loss=output.training_loss, stopped_early=stopped_early,
                 stop_reason=control.stop_reason if stopped_early else None)
-    return TrainResult(adapter_dir, trainer.state.global_step, output.training_loss, len(dropped) + len(eval_dropped),
+    return TrainResult(adapter_dir, trainer.state.global_step, output.training_loss, len(dropped),
                        stopped_early=stopped_early)
 
 
-def _split(run: Any, config: RunConfig) -> tuple[list[int], list[int]]:
-    from core.data import split_eval
-
-    n = len(run.dataset.examples)
-    if config.data.eval_fraction > 0 and not config.data.eval_path:
-        return split_eval(run.dataset, config.data.eval_fraction, config.training.seed)
-    return list(range(n)), []
-
-
-def _built(run: Any, ids: list[int], build_rows: Any) -> tuple[list[tuple[list[int], list[int]]], list[Any]]:
-    rows, dropped = [], []
-    for result in build_rows(run, ids, with_display=False):
-        if result.dropped is None and result.built is not None:
-            rows.append((result.built.input_ids, result.built.labels))
-        else:
-            dropped.append(result)
-    return rows, dropped
 
 
 def _param_counts(model: Any) -> tuple[int, int]:
