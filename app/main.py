@@ -29,12 +29,16 @@ from PySide6.QtWidgets import (
 
 from app.session import StudioSession
 from app.views.data_page import DataPage
+from app.views.params_page import ParamsPage
+from app.views.runs_page import RunsPage
 from app.views.style import BusyBar, apply_palette
 from app.views.template_page import TemplatePage
 from app.views.tokens_page import TokensPage
+from app.views.train_page import TrainPage
 
-PAGES = ("data", "template", "tokens")
-LATER_PAGES = ("Hyperparameters", "Train", "Runs", "Chat & Export")
+PAGES = ("data", "template", "tokens", "hyperparameters", "train", "runs")
+PAGE_TITLES = ("Data", "Template", "Tokens && masks", "Hyperparameters", "Train", "Runs")
+LATER_PAGES = ("Chat & Export",)
 RUN_FILTER = "Run files (*.yaml *.yml);;All files (*)"
 MAX_RECENT = 8
 SCREENSHOT_TIMEOUT_S = 300
@@ -63,9 +67,17 @@ class MainWindow(QMainWindow):
         self.data_page = DataPage(self.session)
         self.template_page = TemplatePage(self.session)
         self.tokens_page = TokensPage(self.session)
-        for number, (title, page) in enumerate(
-            (("Data", self.data_page), ("Template", self.template_page), ("Tokens && masks", self.tokens_page)), 1
-        ):
+        self.params_page = ParamsPage(self.session)
+        self.train_page = TrainPage(self.session)
+        self.runs_page = RunsPage(self.session)
+        self.train_page.prepare_run_file = self._run_file_for_training
+        self.train_page.runEnded.connect(lambda _state: self.runs_page.refresh())
+        self.train_page.runStarted.connect(self.runs_page.refresh)
+        self.runs_page.resumeRequested.connect(self.resume_run)
+        self.runs_page.duplicateRequested.connect(self._duplicate_run)
+        pages = (self.data_page, self.template_page, self.tokens_page, self.params_page, self.train_page,
+                 self.runs_page)
+        for number, (title, page) in enumerate(zip(PAGE_TITLES, pages, strict=True), 1):
             item = QListWidgetItem(f"{number}  {title.replace('&&', '&')}")
             item.setToolTip(f"Ctrl+{number}")
             self.nav.addItem(item)
@@ -135,7 +147,8 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
         view_menu = self.menuBar().addMenu("&View")
-        for number, name in enumerate(("&Data", "&Template", "T&okens && masks"), 1):
+        for number, name in enumerate(("&Data", "&Template", "T&okens && masks", "&Hyperparameters", "T&rain",
+                                       "R&uns"), 1):
             view_menu.addAction(self._action(name, lambda _c=False, i=number - 1: self.nav.setCurrentRow(i),
                                              f"Ctrl+{number}"))
         view_menu.addSeparator()
@@ -160,6 +173,39 @@ class MainWindow(QMainWindow):
     @property
     def current_page(self) -> str:
         return PAGES[self.stack.currentIndex()]
+
+    # -- training -----------------------------------------------------------------------------------------
+    def _run_file_for_training(self) -> Path | None:
+        """The run file the trainer reads: the saved one (saved first when modified), or a copy in the run folder."""
+        from core.config import save_run_config
+
+        if self.session.run_file is not None:
+            if self.session.dirty and not self._save_to(self.session.run_file):
+                return None
+            return self.session.run_file
+        out = Path(str(self.session.config.output_dir))
+        path = out.parent / f"{out.name}.yaml"
+        try:
+            save_run_config(self.session.config, path)
+        except OSError as exc:
+            self._error("The run file cannot be saved", f"{path}: {exc}")
+            return None
+        self.session.mark_saved(path)
+        self._remember(str(path.resolve()))
+        return path
+
+    def resume_run(self, run_dir: str) -> None:
+        self.show_page("train")
+        if self.train_page.running:
+            self._error("A run is already training", "Stop it before resuming another one.")
+            return
+        self.train_page.start(resume_dir=run_dir)
+
+    def _duplicate_run(self, cfg) -> None:  # noqa: ANN001
+        self.session.set_config(cfg)
+        self.session._set_dirty(True)
+        self.show_page("hyperparameters")
+        self.statusBar().showMessage(f"New run from a copy: output_dir {cfg.output_dir}; save it to keep it", 8000)
 
     # -- run files ----------------------------------------------------------------------------------------
     def open_run_file(self, path: str | Path) -> bool:
@@ -288,7 +334,17 @@ class MainWindow(QMainWindow):
             if answer == QMessageBox.StandardButton.Save and not self.save_run_file():
                 event.ignore()
                 return
+        if self.confirm_close and self.train_page.running and QApplication.platformName() != "offscreen":
+            answer = QMessageBox.question(
+                self, "Training is running", "Stop the run (it saves a checkpoint and the adapter) and quit?",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
         settings().setValue("geometry", self.saveGeometry())
+        self.train_page.shutdown()
+        self.params_page.shutdown()
         self.workers_stopped = self.session.shutdown()
         super().closeEvent(event)
 
@@ -302,7 +358,8 @@ class MainWindow(QMainWindow):
         while time.monotonic() < deadline:
             loop_app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
             started = self.session.loaded is not None or self.session.load_error is not None
-            settled = settled + 1 if (started and not self.session.busy) else 0
+            page_busy = bool(getattr(self.stack.currentWidget(), "busy", False))
+            settled = settled + 1 if (started and not self.session.busy and not page_busy) else 0
             if settled >= 3:
                 return True
             time.sleep(0.01)

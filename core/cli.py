@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
 
     add_export_parsers(sub)  # export, evaluate, chat-worker
 
+    pr = sub.add_parser("probe", help="print device, model and memory-estimate facts as JSON (the app asks this way "
+                        "so that its own process never initialises CUDA)")
+    pr.add_argument("--config", "-c", metavar="RUN.yaml")
+    pr.add_argument("--device", default=None, help="auto | cuda | mps | cpu (default: auto)")
+
     iv = sub.add_parser("init", help="write a starter run file that trains offline on the bundled sample data")
     iv.add_argument("path", nargs="?", default="run.yaml", metavar="RUN.yaml")
     iv.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -194,7 +199,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume and args.resume:
         config.output_dir = str(Path(args.resume).resolve())
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from core.training.rundir import RunDirBusy, RunDirLock
+
+    try:  # before anything is written: a second run must not touch the first run's files
+        lock = RunDirLock(out).acquire()
+    except RunDirBusy as exc:
+        raise _UserError(str(exc)) from None
     (out / "STOP").unlink(missing_ok=True)
     # Started by the app, EOF on stdin means the app is gone: stop (and save) rather than linger as an orphan.
     # From a terminal, stdin is read only when it is a pipe (`echo stop | ...`); a TTY is left alone (a run in the
@@ -239,9 +249,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return codes.get(kind, EXIT_CRASH)
     finally:
         events.close()
+        lock.release()
     how = f"stopped ({control.stop_reason}) at step {result.steps}" if result.stopped_early else f"done: {result.steps} steps"
     print(f"{how}, adapter saved to {result.adapter_dir}", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from core.probe import main as probe_main
+
+    return probe_main((["--config", args.config] if args.config else []) + (["--device", args.device] if args.device else []))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -276,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0].lower().endswith((".yaml", ".yml")):
         argv.insert(0, "gui")  # `sft-studio run.yaml` (file managers' "Open with") opens it in the app
     args = _parser().parse_args(argv)
-    commands = {"preview": cmd_preview, "audit": cmd_audit, "train": cmd_train, "init": cmd_init, "gui": cmd_gui}
+    commands = {"preview": cmd_preview, "audit": cmd_audit, "train": cmd_train, "init": cmd_init, "gui": cmd_gui,
+                "probe": cmd_probe}
     command = getattr(args, "handler", None) or commands.get(args.command or "gui", cmd_gui)
     try:
         return command(args)

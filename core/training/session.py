@@ -92,6 +92,15 @@ def set_aside_incomplete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return moved
 
 
+def _lock_held_by_this_process(output_dir: Path) -> bool:
+    try:
+        import json
+
+        return json.loads((output_dir / ".lock").read_text() or "{}").get("pid") == os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
 def _setup_file_log(output_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -111,6 +120,17 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if not _lock_held_by_this_process(output_dir):
+        from core.training.rundir import RunDirBusy, RunDirLock
+
+        try:
+            lock = RunDirLock(output_dir).acquire()
+        except RunDirBusy as exc:
+            raise TrainingFailed("config", str(exc), "") from None
+        try:
+            return run_training(config, events, resume, control)
+        finally:
+            lock.release()
     save_run_config(config, output_dir / "run.yaml")
     handler = _setup_file_log(output_dir)
     own_writer = events is None
