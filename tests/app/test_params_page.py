@@ -4,7 +4,6 @@ reads, shows the schema's messages next to fields, presets change fields, QLoRA 
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 
 import pytest
 from PySide6.QtWidgets import QApplication
