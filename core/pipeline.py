@@ -57,9 +57,9 @@ class RowResult:
 
 def open_tokenizer(config: RunConfig) -> tuple[Any, list[str]]:
     """Load the run's tokenizer; returns it with notes for the user."""
-    from core.training.models import load_tokenizer, resolve_model_source
+    from core.training.models import load_tokenizer, source_for
 
-    tokenizer = load_tokenizer(resolve_model_source(config.model.name_or_path))
+    tokenizer = load_tokenizer(source_for(config.model))
     notes = []
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -197,13 +197,14 @@ def resolve_chat_template(tokenizer: Any, spec: str | None, base_dir: str | Path
 
 
 def _check_syntax(text: str, where: str) -> None:
-    import jinja2
+    from jinja2.exceptions import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    try:
-        jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(
+    try:  # parsing runs nothing, but use the same sandbox transformers renders in
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(
             _GEN_RE.sub("", text).replace("{% endgeneration %}", "").replace("{%- endgeneration %}", "")
         )
-    except jinja2.TemplateSyntaxError as exc:
+    except TemplateSyntaxError as exc:
         raise TemplateError(f"{where}:{exc.lineno}: chat template syntax error: {exc.message}") from None
 
 
@@ -298,9 +299,16 @@ def tool_calls_as_text(message: dict) -> dict:
 
 
 def missing_special_tokens(tokenizer: Any, resolved: ResolvedTemplate) -> list[str]:
-    """Special tokens a built-in template writes that the vocabulary does not have as single tokens
-    (they would be split into pieces and the model would have to learn them from scratch)."""
-    if resolved.source != "builtin":
-        return []
+    """Special tokens a template writes that the vocabulary does not have as single tokens (they would be
+    split into pieces and the model would have to learn them from scratch). For built-ins the known list is
+    used; for the model's own or a file template, the ``<|...|>`` / ``<start_of_turn>`` literals it contains."""
     vocab = tokenizer.get_vocab()
-    return [tok for tok in _BUILTIN_SPECIALS.get(resolved.name, ()) if tok not in vocab]
+    if resolved.source == "builtin":
+        wanted: tuple[str, ...] = _BUILTIN_SPECIALS.get(resolved.name, ())
+    else:  # the model's own or a file: the control tokens it writes as string literals
+        wanted = tuple(dict.fromkeys(m.group(1) for m in _SPECIAL_LITERAL.finditer(resolved.text)))
+    return [tok for tok in wanted if tok not in vocab]
+
+
+# '<|im_start|>', "<start_of_turn>": literals in a template that name a control token.
+_SPECIAL_LITERAL = re.compile(r"""['"](<\|[A-Za-z0-9_]+\|>|<(?:start|end)_of_turn>)""")

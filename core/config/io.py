@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tempfile
 import typing
 from collections.abc import Iterable, Mapping
@@ -108,7 +109,9 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return repr(value)
+        return repr(_TOKEN_VALUE.sub("hf_***", value))  # never echo a secret into logs or dialogs
+    if isinstance(value, (dict, list)):
+        return _TOKEN_VALUE.sub("hf_***", repr(value))
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))  # -1 in the file is -1.0 once converted; show it as written
     return repr(value)
@@ -249,6 +252,39 @@ def _check_value(value: Any, info: FieldInfo) -> list[tuple[str, str]]:
     return out
 
 
+# Secrets never belong in a run file: it is copied into every run folder, shared and committed.
+_TOKEN_KEYS = {
+    "token", "hf_token", "hub_token", "use_auth_token", "auth_token", "access_token", "api_key",
+    "huggingface_token", "hf_api_token", "wandb_api_key",
+}  # fmt: skip
+_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+_TOKEN_HELP = (
+    "access tokens are never stored in run files (they are copied into every run folder); set the HF_TOKEN "
+    "environment variable or log in once with `hf auth login`"
+)
+
+
+def _token_key_message(key: str) -> str:
+    return f"{key}: {_TOKEN_HELP}"
+
+
+def _secret_values(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Settings whose value looks like a Hugging Face access token (the value itself is never repeated)."""
+    out: list[tuple[str, str]] = []
+    for key in _FIELDS:
+        value = get_value(cfg, key)
+        texts: list[str] = []
+        if isinstance(value, str):
+            texts = [value]
+        elif isinstance(value, list):
+            texts = [v for v in value if isinstance(v, str)]
+        elif isinstance(value, dict):
+            texts = [v for v in value.values() if isinstance(v, str)] + [k for k in value if isinstance(k, str)]
+        if any(_TOKEN_VALUE.search(t) for t in texts):
+            out.append((key, f"{key} holds what looks like a Hugging Face access token; {_TOKEN_HELP}"))
+    return out
+
+
 def _cross_checks(cfg: RunConfig) -> list[tuple[str, str]]:
     """Problems that involve several fields, as ``(key, message)``; the key is where the line points."""
     out: list[tuple[str, str]] = []
@@ -287,6 +323,14 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[str, str]]:
             out.append(
                 ("model.load_in_4bit", f"model.load_in_4bit needs CUDA, but training.device is '{t.device}'")
             )
+    if d.format == "text" and d.train_on in ("completion", "assistant"):
+        out.append(
+            (
+                "data.train_on",
+                f"data.train_on '{d.train_on}' needs prompt/completion or conversation rows, but data.format is "
+                "'text' (plain text has no prompt or answer to pick); use train_on: all or auto",
+            )
+        )
     if t.precision == "fp16" and t.device == "cpu":
         out.append(("training.precision", "training.precision fp16 needs a GPU; use fp32 or bf16 on the CPU"))
     return out
@@ -314,6 +358,7 @@ def _validate(cfg: RunConfig) -> list[tuple[str, str]]:
         out.append(("schema_version", _future_version_message(version)))
     if sections_ok:
         out.extend(_cross_checks(cfg))
+        out.extend(_secret_values(cfg))
     return out
 
 
@@ -352,6 +397,8 @@ _RENAMED = {
 
 def _unknown_key(key: str, name: str, siblings: Iterable[str]) -> str:
     """Message for an unknown key; suggests a near sibling, a renamed setting, or the same name elsewhere."""
+    if name.rpartition(".")[2].strip().lower() in _TOKEN_KEYS:
+        return _token_key_message(key)
     hint = _hint(name, siblings)
     last = name.rpartition(".")[2]
     if not hint and last in _RENAMED:

@@ -103,6 +103,18 @@ class ModelConfig:
         choices=ATTN_IMPLEMENTATIONS,
         advanced=True,
     )
+    trust_remote_code: bool = _model(
+        False,
+        "Run Python code shipped with the model (its own modeling/tokenizer files) when loading it. That code runs "
+        "with your user's rights: turn it on only for a model whose authors you trust.",
+        advanced=True,
+    )
+    allow_pickle_weights: bool = _model(
+        False,
+        "Also load weights from pickle-based files (pytorch_model.bin, .pt) when a model has no .safetensors. "
+        "Pickle files can carry code; they are read with torch.load(weights_only=True), but prefer safetensors.",
+        advanced=True,
+    )
 
 
 @dataclass
@@ -206,7 +218,9 @@ class TrainingSettings:
         min=1,
         advanced=True,
     )
-    seed: int = _training(42, "The random seed for shuffling, dropout and adapter initialisation.")
+    seed: int = _training(
+        42, "The random seed for shuffling, dropout and adapter initialisation.", min=0, max=2**32 - 1
+    )
     warmup_steps: float = _training(
         0.0,
         "Learning-rate warmup: a whole number of steps, or a value below 1 for a fraction of all steps.",

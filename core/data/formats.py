@@ -600,8 +600,8 @@ class _Converter:
         other = [c for c in _candidates(list(row), [row], {}) if c.format != self.format and _fits(row, c)]
         if other:
             report.error(
-                "",
-                f"this row does not fit the '{self.format}' format of the rest of the data: it has {keys} "
+                missing[0],
+                f"missing: this row does not fit the '{self.format}' format of the rest of the data: it has {keys} "
                 f"({other[0].format}); mixed formats in one file are not supported",
             )
         else:

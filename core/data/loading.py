@@ -71,13 +71,35 @@ def load_raw_dataset(path: str, *, split: str = "train", progress: Progress | No
     if p.is_dir():
         return _load_folder(source, p, split, progress)
     if p.is_file():
-        return _load_file(source, p, progress, split)
+        before = _stamp(p)
+        raw = _load_file(source, p, progress, split)
+        _check_unchanged(source, p, before)
+        return raw
     if _looks_like_hub_id(source):
         return _load_hub(source, split, progress)
     raise DataError("file not found", file=source)
 
 
 # --------------------------------------------------------------------------------------------- files
+
+
+def _stamp(p: Path) -> tuple[int, int] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _check_unchanged(source: str, p: Path, before: tuple[int, int] | None) -> None:
+    """Rows read from a file that something was writing at the same time may be a mix of old and new."""
+    after = _stamp(p)
+    if before is not None and after != before:
+        raise DataError(
+            "the file changed while loading (its size or modification time moved); it is probably still being "
+            "written. Load it again once whatever writes it has finished",
+            file=source,
+        )
 
 
 def _looks_like_hub_id(source: str) -> bool:
@@ -107,7 +129,13 @@ def _load_file(source: str, p: Path, progress: Progress | None, split: str) -> R
     if first == "{":
         if suffix == ".json":
             return _parse_json_object_or_lines(source, text, split, progress)
-        return _parse_jsonl(source, text, progress)
+        raw = _parse_jsonl(source, text, progress)
+        if raw.rows and raw.rows[0] is None and not text.lstrip().split("\n", 1)[0].rstrip().endswith("}"):
+            # Pretty-printed objects (one object over several lines) in a .jsonl file: read them as a stream.
+            stream = _parse_object_stream(source, text)
+            if stream is not None:
+                return stream
+        return raw
     if suffix in JSON_SUFFIXES:
         line = text[: len(text) - len(text.lstrip())].count("\n") + 1
         raise DataError(
@@ -186,9 +214,17 @@ def _parse_jsonl(source: str, text: str, progress: Progress | None) -> RawDatase
             value = loads(line)
         except json.JSONDecodeError as exc:
             rows.append(None)
-            problems.append(
-                RowProblem(row_index, "", f"not valid JSON: {exc.msg} at column {exc.colno}", source, number)
-            )
+            message = f"not valid JSON: {exc.msg} at column {exc.colno}"
+            if exc.pos >= len(line.rstrip()) - 1:  # the JSON stops before the object is closed
+                is_last = number + 3 >= total and not any(rest.strip() for rest in lines_text[number:])
+                message += (
+                    " (the last line is incomplete: the file may have been cut off while it was written)"
+                    if is_last
+                    else " (the line ends before the object is closed)"
+                )
+            elif line.lstrip().startswith("[") or line.rstrip().endswith(("},", "]")):
+                message += " (is this a pretty-printed JSON array? save it as .json, or one object per line)"
+            problems.append(RowProblem(row_index, "", message, source, number))
             continue
         if isinstance(value, dict):
             rows.append(value)
@@ -211,6 +247,30 @@ def _parse_jsonl(source: str, text: str, progress: Progress | None) -> RawDatase
 
 
 _WS = re.compile(r"[ \t\n\r]*")
+
+
+def _parse_object_stream(source: str, text: str) -> RawDataset | None:
+    """Whitespace-separated JSON objects spanning several lines each; None when the text is not that."""
+    decoder = json.JSONDecoder()
+    pos = _WS.match(text, 0).end()
+    rows: list[dict | None] = []
+    lines: list[int | None] = []
+    line, last = 1, 0
+    while pos < len(text):
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(value, dict):
+            return None
+        rows.append(value)
+        line += text.count("\n", last, pos)
+        last = pos
+        lines.append(line)
+        pos = _WS.match(text, end).end()
+    if len(rows) < 1:
+        return None
+    return RawDataset(source, rows, lines, _columns_of(rows), [])
 
 
 def _parse_json_array(source: str, text: str, progress: Progress | None) -> RawDataset:
@@ -437,10 +497,12 @@ def _load_folder(source: str, p: Path, split: str, progress: Progress | None) ->
         return _rows_from_hf(source, _pick_split(source, ds, split), progress)
     data_files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in DATA_SUFFIXES)
     by_split = [f for f in data_files if f.stem == split]
-    if len(by_split) == 1:
-        return _load_file(str(by_split[0]), by_split[0], progress, split)
-    if len(data_files) == 1:
-        return _load_file(str(data_files[0]), data_files[0], progress, split)
+    chosen = by_split[0] if len(by_split) == 1 else data_files[0] if len(data_files) == 1 else None
+    if chosen is not None:
+        before = _stamp(chosen)
+        raw = _load_file(str(chosen), chosen, progress, split)
+        _check_unchanged(str(chosen), chosen, before)
+        return raw
     found = ", ".join(f.name for f in sorted(p.iterdir())[:10]) or "nothing"
     raise DataError(
         "this folder is not a dataset: expected a folder written by datasets' save_to_disk "

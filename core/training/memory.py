@@ -151,11 +151,11 @@ def load_model_config(spec: str | dict | Any) -> Any:
         raise MemoryEstimateError(str(exc)) from None
     try:
         if source.gguf_file:
-            return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+            return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
         folder = Path(source.path)
         if (folder / "config.json").is_file():
             return load_model_config(json.loads((folder / "config.json").read_text()))
-        return AutoConfig.from_pretrained(source.path, local_files_only=True)
+        return AutoConfig.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any loader failure means "architecture unknown"
         raise MemoryEstimateError(f"cannot read the architecture of '{spec}': {str(exc).splitlines()[0][:200]}") from None
 

@@ -226,7 +226,10 @@ def load_model(
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             model.load_state_dict(loaded.state_dict(), strict=True)
             del loaded
-            model = model.to(torch_dtype)
+            # Cast the weights only: buffers such as RoPE's inv_freq stay float32, as from_pretrained(dtype=…)
+            # leaves them (casting them too shifts every position's rotation at bf16).
+            for param in model.parameters():
+                param.data = param.data.to(torch_dtype)
             model.name_or_path = str(Path(source.path) / source.gguf_file)
             model.config._name_or_path = model.name_or_path
             if quantization_config is not None:

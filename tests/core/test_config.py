@@ -59,6 +59,8 @@ def everything_changed() -> RunConfig:
             chat_template="/templates/chat.jinja",
             load_in_4bit=True,
             attn_implementation="sdpa",
+            trust_remote_code=True,
+            allow_pickle_weights=True,
         ),
         data=DataConfig(
             path="/data/train.jsonl",

@@ -177,7 +177,7 @@ def test_bad_rows_fixture_each_problem_has_file_line_field() -> None:
         4: ("messages", "no assistant message"),
         5: ("messages[1].content", "assistant message is empty"),
         6: ("messages[0].content", "expected text, got a number (42)"),
-        7: ("", "does not fit the 'messages' format"),
+        7: ("messages", "does not fit the 'messages' format"),
         9: ("messages[0].content[0].type", "'image_url' is not supported"),
         11: ("messages", "is null"),
     }
