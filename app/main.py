@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.session import StudioSession
+from app.views.chat_page import ChatPage
 from app.views.data_page import DataPage
 from app.views.params_page import ParamsPage
 from app.views.runs_page import RunsPage
@@ -36,9 +37,9 @@ from app.views.template_page import TemplatePage
 from app.views.tokens_page import TokensPage
 from app.views.train_page import TrainPage
 
-PAGES = ("data", "template", "tokens", "hyperparameters", "train", "runs")
-PAGE_TITLES = ("Data", "Template", "Tokens && masks", "Hyperparameters", "Train", "Runs")
-LATER_PAGES = ("Chat & Export",)
+PAGES = ("data", "template", "tokens", "hyperparameters", "train", "runs", "chat")
+PAGE_TITLES = ("Data", "Template", "Tokens && masks", "Hyperparameters", "Train", "Runs", "Chat && Export")
+LATER_PAGES: tuple[str, ...] = ()
 RUN_FILTER = "Run files (*.yaml *.yml);;All files (*)"
 MAX_RECENT = 8
 SCREENSHOT_TIMEOUT_S = 300
@@ -70,24 +71,26 @@ class MainWindow(QMainWindow):
         self.params_page = ParamsPage(self.session)
         self.train_page = TrainPage(self.session)
         self.runs_page = RunsPage(self.session)
+        self.chat_page = ChatPage(self.session)
         self.train_page.prepare_run_file = self._run_file_for_training
         self.train_page.runEnded.connect(lambda _state: self.runs_page.refresh())
         self.train_page.runStarted.connect(self.runs_page.refresh)
         self.runs_page.resumeRequested.connect(self.resume_run)
         self.runs_page.duplicateRequested.connect(self._duplicate_run)
         pages = (self.data_page, self.template_page, self.tokens_page, self.params_page, self.train_page,
-                 self.runs_page)
+                 self.runs_page, self.chat_page)
         for number, (title, page) in enumerate(zip(PAGE_TITLES, pages, strict=True), 1):
             item = QListWidgetItem(f"{number}  {title.replace('&&', '&')}")
             item.setToolTip(f"Ctrl+{number}")
             self.nav.addItem(item)
             self.stack.addWidget(page)
-        later = QListWidgetItem("Coming with a later release:")
-        later.setFlags(Qt.ItemFlag.NoItemFlags)
-        font = later.font()
-        font.setItalic(True)
-        later.setFont(font)
-        self.nav.addItem(later)
+        if LATER_PAGES:
+            later = QListWidgetItem("Coming with a later release:")
+            later.setFlags(Qt.ItemFlag.NoItemFlags)
+            font = later.font()
+            font.setItalic(True)
+            later.setFont(font)
+            self.nav.addItem(later)
         for number, title in enumerate(LATER_PAGES, len(PAGES) + 1):
             item = QListWidgetItem(f"{number}  {title}")
             item.setFlags(Qt.ItemFlag.NoItemFlags)
@@ -148,7 +151,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
         view_menu = self.menuBar().addMenu("&View")
         for number, name in enumerate(("&Data", "&Template", "T&okens && masks", "&Hyperparameters", "T&rain",
-                                       "R&uns"), 1):
+                                       "R&uns", "&Chat && Export"), 1):
             view_menu.addAction(self._action(name, lambda _c=False, i=number - 1: self.nav.setCurrentRow(i),
                                              f"Ctrl+{number}"))
         view_menu.addSeparator()
@@ -345,6 +348,7 @@ class MainWindow(QMainWindow):
         settings().setValue("geometry", self.saveGeometry())
         self.train_page.shutdown()
         self.params_page.shutdown()
+        self.chat_page.shutdown()
         self.workers_stopped = self.session.shutdown()
         super().closeEvent(event)
 

@@ -1,4 +1,4 @@
-"""Main window: run files, recent files, drag and drop, later pages, start-up cost, screenshot mode."""
+"""Main window: run files, recent files, drag and drop, the page list, start-up cost, screenshot mode."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ from PySide6.QtGui import QDropEvent
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_later_pages_are_listed_but_disabled(window):
+def test_all_pages_are_listed_and_enabled(window):
     texts = [window.nav.item(i).text() for i in range(window.nav.count())]
     assert any("Hyperparameters" in t for t in texts) and any("Chat & Export" in t for t in texts)
     for i in range(window.nav.count()):
         item = window.nav.item(i)
-        if "Chat & Export" in item.text():
-            assert not item.flags() & Qt.ItemFlag.ItemIsEnabled
-        if "Train" in item.text() or "Runs" in item.text():
-            assert item.flags() & Qt.ItemFlag.ItemIsEnabled
-    assert window.stack.count() == 6
+        assert item.flags() & Qt.ItemFlag.ItemIsEnabled, item.text()
+    assert window.stack.count() == 7
+    window.show_page("chat")
+    assert window.current_page == "chat" and window.stack.currentWidget() is window.chat_page
 
 
 def test_save_and_open_run_file_with_recent_files(tmp_path, window, wait_idle, open_config, make_config,
