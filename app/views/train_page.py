@@ -109,13 +109,17 @@ class TrainPage(QWidget):
         QVBoxLayout(self.curves_holder).setContentsMargins(0, 0, 0, 0)
         self.samples_view = QTextBrowser()
         self.samples_view.setOpenLinks(False)
-        self.samples_view.setPlaceholderText(
-            "Probe prompts: add a few under Hyperparameters → Monitoring → Advanced → Probe prompts; the model's "
-            "answers appear here at the start and at every checkpoint.")
         samples_box = QWidget()
         sv = QVBoxLayout(samples_box)
         sv.setContentsMargins(0, 0, 0, 0)
         sv.addWidget(QLabel("<b>Probe answers</b>"))
+        # a placeholder in a QTextBrowser is drawn on one unwrapped line: a wrapped label reads better
+        samples_hint = QLabel(
+            "Add a few probe prompts under Hyperparameters → Monitoring → Advanced; the model's answers appear "
+            "here at the start and at every checkpoint.")
+        samples_hint.setWordWrap(True)
+        samples_hint.setEnabled(False)
+        sv.addWidget(samples_hint)
         sv.addWidget(self.samples_view, 1)
         top_split = QSplitter(Qt.Orientation.Horizontal)
         top_split.addWidget(self.curves_holder)
