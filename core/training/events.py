@@ -33,17 +33,25 @@ class EventWriter:
         self.path = Path(events_path) if events_path else None
         self.stream = stream if stream is not None else sys.stdout
         self._file = None
+        self.file_error = False  # set when events.jsonl could not be written (disk full); stdout still works
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            if _ends_torn(self.path):  # a killed writer left half a line: end it, or our first event joins it
+                self._file.write("\n")
+                self._file.flush()
 
     def emit(self, type: str, **fields: Any) -> dict:
         event = {"type": type, "time": round(time.time(), 3), **_clean(fields)}
         line = json.dumps(event, ensure_ascii=False, default=str)
         if self._file is not None:
-            self._file.write(line + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno()) if type in ("finished", "failed", "checkpoint") else None
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+                if type in ("finished", "failed", "checkpoint"):
+                    os.fsync(self._file.fileno())
+            except OSError:  # a full disk must not hide the event (often the `failed` one) from the app
+                self.file_error = True
         if self.stream is not None:
             try:
                 self.stream.write(MARKER + line + "\n")
@@ -64,6 +72,19 @@ class EventWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether the file is non-empty and its last line has no newline (a writer killed mid-line)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == 0:
+                return False
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def parse_event_line(line: str) -> dict | None:
