@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--from-app", action="store_true",
                     help="started by the desktop app: end of input on stdin means stop (save and exit)")
 
+    ce = sub.add_parser("cluster-export", help="write run.yaml, an accelerate config, launch.sh and a Slurm template "
+                        "to take this run to a multi-GPU machine or cluster")
+    with_config(ce)
+    ce.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the files into")
+
     from core.export_cli import add_export_parsers
 
     add_export_parsers(sub)  # export, evaluate, chat-worker
@@ -198,6 +203,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _load_config(config_path, args.set)
     if resume and args.resume:
         config.output_dir = str(Path(args.resume).resolve())
+    from core.training.distributed import check_distributed, in_rank_child, run_launcher, wants_launcher
+
+    if in_rank_child():  # one rank of a multi-process run (started by accelerate's launcher)
+        return _train_rank(config, resume)
+    problems = check_distributed(config)
+    if problems:
+        raise _UserError("\n".join(f"{config_path}: {p}" if config_path else p for p in problems))
     out = Path(config.output_dir)
     from core.training.rundir import RunDirBusy, RunDirLock
 
@@ -215,6 +227,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     control.install_signal_handlers()
     events = EventWriter(out / "events.jsonl", stream=sys.stdout)
     codes = {"config": EXIT_CONFIG, "data": EXIT_DATA, "oom": EXIT_OOM}
+    if wants_launcher(config):  # several processes: this one only launches and supervises them
+        (out / "PAUSE").unlink(missing_ok=True)
+        try:
+            return run_launcher(config, resume=resume, control=control, events=events, log_tail=_log_tail,
+                                exit_codes={**codes, "crash": EXIT_CRASH})
+        finally:
+            events.close()
+            lock.release()
     try:
         result = run_training(config, events=events, resume=resume, control=control)
     except TrainingFailed as exc:
@@ -252,6 +272,101 @@ def cmd_train(args: argparse.Namespace) -> int:
         lock.release()
     how = f"stopped ({control.stop_reason}) at step {result.steps}" if result.stopped_early else f"done: {result.steps} steps"
     print(f"{how}, adapter saved to {result.adapter_dir}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _failure_kind(exc: BaseException) -> str:
+    from core.config import ConfigError
+    from core.data import DataError
+    from core.templates import TemplateError
+    from core.training.devices import DeviceError
+    from core.training.models import ModelError
+
+    if isinstance(exc, (ConfigError, ModelError, TemplateError, DeviceError)):
+        return "config"
+    if isinstance(exc, DataError):
+        return "data"
+    return "crash"
+
+
+def _train_rank(config, resume: bool) -> int:
+    """One rank of a multi-process run. Rank 0 writes the events, run.yaml, train.log and the adapter; rank N logs to
+    train.rank{N}.log. A failure leaves .rank{N}.failure.json for the wrapper, which reports the first one."""
+    import signal
+    import traceback
+
+    from core.training.control import TrainingControl
+    from core.training.distributed import (
+        CHILD_ENV,
+        SilentEvents,
+        exit_with_launcher,
+        rank,
+        record_rank_failure,
+        redirect_rank_output,
+    )
+    from core.training.events import EventWriter
+    from core.training.session import (
+        EXIT_CONFIG,
+        EXIT_CRASH,
+        EXIT_DATA,
+        EXIT_OOM,
+        TrainingFailed,
+        run_training,
+    )
+
+    n, out = rank(), Path(config.output_dir)
+    wrapped = os.environ.get(CHILD_ENV) == "1"  # our wrapper reports failures; under a bare `accelerate launch`, rank 0
+    if n != 0:
+        redirect_rank_output(out, n)
+    if wrapped:
+        if hasattr(signal, "SIGINT"):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the wrapper turns Ctrl-C into a STOP file for every rank
+        if os.name == "posix":
+            exit_with_launcher()
+    control = TrainingControl(out, watch_pause_file=True)
+    events = EventWriter(out / "events.jsonl", stream=sys.stdout) if n == 0 else SilentEvents()
+    codes = {"config": EXIT_CONFIG, "data": EXIT_DATA, "oom": EXIT_OOM, "crash": EXIT_CRASH}
+    try:
+        result = run_training(config, events=events, resume=resume, control=control)
+    except Exception as exc:
+        if isinstance(exc, TrainingFailed):
+            kind, message, hint = exc.kind, str(exc), exc.hint
+        else:
+            kind = _failure_kind(exc)
+            message = f"{type(exc).__name__}: {exc}" if kind == "crash" else str(exc)
+            hint = "the rank's log shows where it failed; `sft-studio train --resume` continues from the last checkpoint"
+            if n == 0 and kind == "crash":
+                with open(out / "train.log", "a", encoding="utf-8") as fh:
+                    traceback.print_exc(file=fh)
+            traceback.print_exc()
+        record_rank_failure(out, n, kind, message, hint)
+        if n == 0 and not wrapped:
+            events.emit("failed", kind=kind, message=f"rank 0 failed: {message}", hint=hint, rank=0,
+                        log_tail=_log_tail(out / "train.log"))
+        print(f"error: rank {n}: {message}", file=sys.stderr)
+        return codes.get(kind, EXIT_CRASH)
+    finally:
+        events.close()
+    if n == 0:
+        how = f"stopped ({control.stop_reason}) at step {result.steps}" if result.stopped_early else f"done: {result.steps} steps"
+        print(f"{how}, adapter saved to {result.adapter_dir}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_cluster_export(args: argparse.Namespace) -> int:
+    from core.training.distributed import check_distributed, export_cluster
+
+    config = _load_config(args.config, args.set)
+    problems = [p for p in check_distributed(config) if "not installed" not in p]  # the cluster may have DeepSpeed
+    if problems:
+        raise _UserError("\n".join(problems))
+    written = export_cluster(config, Path(args.out_dir))
+    for path in written:
+        print(path)
+    n = config.distributed.num_processes
+    print(f"wrote {len(written)} files for {n} GPU process{'es' if n > 1 else ''} per machine; run "
+          f"{Path(args.out_dir) / 'launch.sh'} there, or submit {Path(args.out_dir) / 'train.slurm'} with sbatch",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -294,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "gui")  # `sft-studio run.yaml` (file managers' "Open with") opens it in the app
     args = _parser().parse_args(argv)
     commands = {"preview": cmd_preview, "audit": cmd_audit, "train": cmd_train, "init": cmd_init, "gui": cmd_gui,
-                "probe": cmd_probe}
+                "probe": cmd_probe, "cluster-export": cmd_cluster_export}
     command = getattr(args, "handler", None) or commands.get(args.command or "gui", cmd_gui)
     try:
         return command(args)

@@ -77,6 +77,17 @@ PARTS = ("weights", "adapter", "gradients", "optimizer", "activations", "loss", 
 PART_COLORS = ("#4a90d9", "#8fdc9f", "#f0bd6e", "#c3aef0", "#e07b7b", "#7fc8c8", "#bbbbbb", "#888888")
 
 
+def _several_gpus_hint(device: dict, num_processes: int) -> list[str]:
+    """Offer the distributed section when the probe sees several GPUs (the form shows the fields themselves)."""
+    count = int(device.get("count") or 1)
+    if device.get("kind") != "cuda" or count < 2:
+        return []
+    if num_processes > 1:
+        return [f"<b>GPUs:</b> {count} visible; this run trains on {num_processes} of them through accelerate."]
+    return [f"<b>GPUs:</b> {count} visible; set Hardware › num_processes to {count} to train on all of them "
+            "(DDP, or FSDP to shard a model too big for one GPU)."]
+
+
 def probe_command(config_path: str | Path) -> list[str]:
     if getattr(sys, "frozen", False):  # a bundle has no `-m`; see the report: core.cli needs a `probe` subcommand
         return [sys.executable, "probe", "--config", str(config_path)]
@@ -427,6 +438,7 @@ class ParamsPage(QWidget):
         if device:
             mem = f", {device['total_memory'] / GiB:.1f} GiB" if device.get("total_memory") else ""
             lines.append(f"<b>Device:</b> {html.escape(device['kind'].upper())} — {html.escape(device['name'])}{mem}")
+            lines.extend(_several_gpus_hint(device, self.config.distributed.num_processes))
         elif "device" in errors:
             lines.append(f"<b>Device:</b> unknown ({html.escape(errors['device'])})")
         if model:

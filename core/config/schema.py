@@ -59,6 +59,8 @@ ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def _field(default: Any, help: str, *, group: str, **meta: Any) -> Any:
@@ -259,6 +261,42 @@ class TrainingSettings:
     )
 
 
+_distributed = functools.partial(_field, group="Hardware")
+
+
+@dataclass
+class DistributedSettings:
+    """Several processes (one per GPU) through accelerate's launcher; 1 process is the plain single-device run."""
+
+    num_processes: int = _distributed(
+        1,
+        "Training processes on this machine, one per GPU (data parallel); 1 trains in a single process. "
+        "Without GPUs, several CPU processes talk over gloo.",
+        min=1,
+        max=1024,
+    )
+    strategy: str = _distributed(
+        "ddp",
+        "How the processes share the work: ddp copies the model to each GPU; fsdp shards weights, gradients and "
+        "optimizer state across them; deepspeed_zero2 / deepspeed_zero3 need DeepSpeed installed.",
+        choices=DISTRIBUTED_STRATEGIES,
+    )
+    fsdp_cpu_offload: bool = _distributed(
+        False, "With fsdp: keep sharded parameters in CPU memory between uses (slower, fits larger models).",
+        advanced=True,
+    )
+    mixed_precision: str = _distributed(
+        "auto",
+        "accelerate's mixed precision for the processes; auto follows training.precision.",
+        choices=MIXED_PRECISIONS,
+        advanced=True,
+    )
+    main_process_port: int = _distributed(
+        29500, "The TCP port the processes meet on (change it when two runs share a machine).",
+        min=1024, max=65535, advanced=True,
+    )
+
+
 @dataclass
 class RunConfig:
     """A whole run: the root of the YAML run file."""
@@ -270,6 +308,9 @@ class RunConfig:
     data: DataConfig = _field(DataConfig, "Which data to train on.", group="Data")
     lora: LoraSettings = _field(LoraSettings, "The LoRA adapter.", group="LoRA")
     training: TrainingSettings = _field(TrainingSettings, "The training loop.", group="Training")
+    distributed: DistributedSettings = _field(
+        DistributedSettings, "Several processes / GPUs through accelerate.", group="Hardware"
+    )
     output_dir: str = _field(
         "runs/my-run",
         "The run folder: config, logs, checkpoints and the final adapter are written here.",

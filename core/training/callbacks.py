@@ -160,23 +160,59 @@ class EventCallback(TrainerCallback):
         eta = (elapsed / done) * (state.max_steps - state.global_step) if done > 0 else None
         self.events.emit("progress", step=state.global_step, total=state.max_steps, epoch=round(state.epoch or 0.0, 4),
                          eta_s=round(eta, 1) if eta is not None else None)
-        if self.control.pause_requested and not self.control.stop_requested:
-            self.events.emit("paused", step=state.global_step)
-            log.info("paused at step %d", state.global_step)
-            began = time.monotonic()
-            self.control.wait_while_paused()
-            paused_s = time.monotonic() - began
-            self._excluded_s += paused_s
-            if not self.control.stop_requested:
-                self.events.emit("resumed", step=state.global_step, paused_s=round(paused_s, 1))
-                log.info("resumed at step %d after %.1f s", state.global_step, paused_s)
-        if self.control.stop_requested and state.global_step < state.max_steps:
+        if getattr(args, "world_size", 1) > 1:
+            # the agreed decision, not this rank's own view: a STOP file that appears a moment after the
+            # all-reduce must wait for the next step on every rank alike
+            stop = self._agree_on_control(args, state)
+        else:
+            if self.control.pause_requested and not self.control.stop_requested:
+                self._pause(state, self.control.wait_while_paused)
+            stop = self.control.stop_requested
+        if stop and state.global_step < state.max_steps:
             control.should_training_stop = True
             control.should_save = True
             if not self._stopping_announced:
                 self._stopping_announced = True
                 self.events.emit("stopping", step=state.global_step, reason=self.control.stop_reason)
         return control
+
+    def _pause(self, state, wait) -> None:
+        self.events.emit("paused", step=state.global_step)
+        log.info("paused at step %d", state.global_step)
+        began = time.monotonic()
+        wait()
+        paused_s = time.monotonic() - began
+        self._excluded_s += paused_s
+        if not self.control.stop_requested:
+            self.events.emit("resumed", step=state.global_step, paused_s=round(paused_s, 1))
+            log.info("resumed at step %d after %.1f s", state.global_step, paused_s)
+
+    def _agree_on_control(self, args, state) -> bool:
+        """Several processes: stop and pause are decided together (an all-reduce of every rank's flags), so no
+        rank stops, or waits in a pause, while another one waits for it in a collective. A pause polls together
+        every half second: no collective ever waits longer than that."""
+        from core.training.distributed import agree
+
+        stop, pause = agree([self.control.stop_requested, self.control.pause_requested], args.device)
+        if stop and self.control.stop_reason is None:
+            self.control.request_stop("stop on another rank")
+        if pause and not stop:
+            agreed = {"stop": False}
+
+            def wait() -> None:
+                while True:
+                    time.sleep(0.5)
+                    still_stop, still_pause = agree([self.control.stop_requested, self.control.pause_requested],
+                                                    args.device)
+                    if still_stop and self.control.stop_reason is None:
+                        self.control.request_stop("stop on another rank")
+                    if still_stop or not still_pause:
+                        agreed["stop"] = still_stop
+                        return
+
+            self._pause(state, wait)
+            stop = agreed["stop"]
+        return stop
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})  # PrinterCallback mutates the dict it is given

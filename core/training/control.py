@@ -25,14 +25,17 @@ log = logging.getLogger("sft_studio.control")
 
 COMMANDS = ("stop", "pause", "resume")
 STOP_FILE = "STOP"
+PAUSE_FILE = "PAUSE"  # written by the multi-process wrapper while paused (core.training.distributed)
 
 
 class TrainingControl:
     """Thread-safe stop/pause state shared by the stdin reader thread, signal handlers and the Trainer callback."""
 
-    def __init__(self, output_dir: str | Path | None = None, eof_means_stop: bool = False) -> None:
+    def __init__(self, output_dir: str | Path | None = None, eof_means_stop: bool = False,
+                 watch_pause_file: bool = False) -> None:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.eof_means_stop = eof_means_stop
+        self.watch_pause_file = watch_pause_file  # a rank of a multi-process run: PAUSE file = paused
         self.stop_reason: str | None = None
         self._cond = threading.Condition()
         self._paused = False
@@ -79,18 +82,34 @@ class TrainingControl:
 
     @property
     def pause_requested(self) -> bool:
+        self._check_pause_file()
         with self._cond:
             return self._paused and self.stop_reason is None
 
     def _check_stop_file(self) -> None:
         if self.stop_reason is None and self.output_dir is not None and (self.output_dir / STOP_FILE).exists():
-            self.request_stop("STOP file")
+            reason = "STOP file"
+            if self.watch_pause_file:  # the wrapper writes the original reason ("stop command", "SIGINT") into it
+                try:
+                    reason = (self.output_dir / STOP_FILE).read_text(encoding="utf-8").strip()[:80] or reason
+                except OSError:
+                    pass
+            self.request_stop(reason)
+
+    def _check_pause_file(self) -> None:
+        if self.watch_pause_file and self.output_dir is not None:
+            paused = (self.output_dir / PAUSE_FILE).exists()
+            with self._cond:
+                if paused != self._paused:
+                    self._paused = paused
+                    self._cond.notify_all()
 
     def wait_while_paused(self, poll_s: float = 0.5) -> bool:
         """Block while paused (a stop ends the pause). Returns True if it blocked at all. Polls the STOP file."""
         blocked = False
         while True:
             self._check_stop_file()
+            self._check_pause_file()
             with self._cond:
                 if not self._paused or self.stop_reason is not None:
                     return blocked

@@ -102,7 +102,9 @@ def _lock_held_by_this_process(output_dir: Path) -> bool:
 
 
 def _setup_file_log(output_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(output_dir / "train.log", encoding="utf-8")
+    from core.training.distributed import in_rank_child, rank, rank_log_name
+
+    handler = logging.FileHandler(output_dir / rank_log_name(rank() if in_rank_child() else 0), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("sft_studio", "transformers", "trl", "peft"):
         logging.getLogger(name).addHandler(handler)
@@ -118,9 +120,12 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
 
     Raises :class:`TrainingFailed` (kind: config | data | oom | crash) for failures the user can act on."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from core.training.distributed import in_rank_child, is_main_rank
+
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if not _lock_held_by_this_process(output_dir):
+    # a rank of a multi-process run: the launching wrapper holds the lock for all ranks
+    if not _lock_held_by_this_process(output_dir) and not in_rank_child():
         from core.training.rundir import RunDirBusy, RunDirLock
 
         try:
@@ -131,7 +136,8 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
             return run_training(config, events, resume, control)
         finally:
             lock.release()
-    save_run_config(config, output_dir / "run.yaml")
+    if is_main_rank():
+        save_run_config(config, output_dir / "run.yaml")
     handler = _setup_file_log(output_dir)
     own_writer = events is None
     if events is None:
@@ -149,9 +155,11 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
 def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: bool, control: TrainingControl) -> TrainResult:
     from core.pipeline import build_training_rows, open_run
     from core.training.devices import choose_precision, detect_device
+    from core.training.distributed import precision_request, world_size
 
     device = detect_device(config.training.device)
-    precision = choose_precision(device, config.training.precision)
+    precision = choose_precision(device, precision_request(config))
+    distributed = world_size() > 1
     log.info("device %s, precision %s", device.describe(), precision)
 
     run = open_run(config)
@@ -189,10 +197,10 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     from trl import SFTConfig, SFTTrainer
 
     from core.training.callbacks import BatchStats, EventCallback
-    from core.training.models import load_model, resolve_model_source
+    from core.training.models import load_model, source_for
     from core.training.performance import tuned_settings
 
-    source = resolve_model_source(config.model.name_or_path)
+    source = source_for(config.model)  # carries trust_remote_code / allow_pickle_weights
     tuned = tuned_settings(config, device, lengths=[len(ids) for ids, _ in train_rows])
     for reason in tuned.reasons:
         log.info("auto: %s", reason)
@@ -259,6 +267,8 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         disable_tqdm=True,
         dataset_num_proc=None,
         save_only_model=False,
+        # LoRA uses every trainable weight in each step: skip DDP's per-step search for unused ones
+        **({"ddp_find_unused_parameters": False} if distributed else {}),
     )))
     peft_config = None
     if lc.enabled:
@@ -271,6 +281,10 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         Dataset.from_dict({"input_ids": [r[0] for r in eval_rows], "labels": [r[1] for r in eval_rows]}) if has_eval else None
     )
     callback = EventCallback(events, output_dir, run_config=config, control=control, stats=stats)
+    if distributed and config.distributed.strategy != "ddp" and callback.probe_prompts:
+        # generate() on a sharded model would need every rank; probes are a single-process / DDP feature
+        log.warning("probe prompts are off with distributed.strategy %s", config.distributed.strategy)
+        callback.probe_prompts = []
     trainer = StudioTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=run.tokenizer,
         peft_config=peft_config, callbacks=[callback],
@@ -296,9 +310,23 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         model=source.description, resumed=resume, resumed_from=str(checkpoint) if checkpoint else None,
         resumed_from_step=_checkpoint_step(checkpoint) if checkpoint else None,
         auto_choices=tuned.reasons, pid=os.getpid(), host=socket.gethostname(),
+        **({"distributed": {"world_size": world_size(), "strategy": config.distributed.strategy,
+                            "backend": _backend(), "fsdp": bool(getattr(trainer, "is_fsdp_enabled", False)),
+                            "deepspeed": bool(getattr(trainer, "is_deepspeed_enabled", False))}}
+           if distributed else {}),
     )
     try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if checkpoint is not None and _reached_max_steps(checkpoint, tc.max_steps):
+            # Killed after its last checkpoint (e.g. while saving the adapter): nothing is left to train, and
+            # Trainer.train would re-enter the epoch and train one step past max_steps off an epoch boundary.
+            from transformers import TrainerState
+            from transformers.trainer_utils import TrainOutput
+
+            trainer._load_from_checkpoint(str(checkpoint))
+            trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+            output = TrainOutput(trainer.state.global_step, None, {})
+        else:
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except Exception as exc:
         if _is_oom(exc):
             raise TrainingFailed("oom", f"out of memory at step {trainer.state.global_step}: {_first_line(exc)}"
@@ -306,7 +334,10 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         raise
 
     adapter_dir = output_dir / "adapter"
-    _save_atomically(trainer, run.tokenizer, adapter_dir)
+    if distributed:
+        _save_distributed(trainer, run.tokenizer, adapter_dir)
+    else:
+        _save_atomically(trainer, run.tokenizer, adapter_dir)
     stopped_early = control.stop_reason is not None and trainer.state.global_step < trainer.state.max_steps
     events.emit("finished", adapter=str(adapter_dir), steps=trainer.state.global_step, total=trainer.state.max_steps,
                 train_loss=output.training_loss, stopped_early=stopped_early,
@@ -315,6 +346,16 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
                        stopped_early=stopped_early)
 
 
+
+
+def _reached_max_steps(checkpoint: Path, max_steps: int) -> bool:
+    import json
+
+    try:
+        step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return max_steps > 0 and step >= max_steps
 
 
 def _param_counts(model: Any) -> tuple[int, int]:
@@ -372,9 +413,9 @@ def _oom_hint(config: RunConfig) -> str:
 def _save_atomically(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
     """Write the adapter (+ tokenizer and chat template) into a temporary folder, then rename it into place,
     so a crash while saving never leaves a half-written adapter."""
+    for stale in adapter_dir.parent.glob(adapter_dir.name + ".tmp-*"):  # left by a killed save; the run-dir
+        shutil.rmtree(stale, ignore_errors=True)  # lock keeps other processes out of this folder
     tmp = adapter_dir.with_name(adapter_dir.name + f".tmp-{os.getpid()}-{int(time.time())}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     trainer.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if adapter_dir.exists():
@@ -386,3 +427,36 @@ def _save_atomically(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
         shutil.rmtree(old)
     else:
         tmp.rename(adapter_dir)
+
+
+def _backend() -> str | None:
+    try:
+        import torch.distributed as dist
+
+        return dist.get_backend() if dist.is_initialized() else None
+    except Exception:
+        return None
+
+
+def _save_distributed(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
+    """Several processes: every rank takes part (FSDP gathers the full state dict, a collective), rank 0 alone
+    writes the adapter into a temporary folder and renames it into place, as :func:`_save_atomically` does."""
+    accelerator = trainer.accelerator
+    tmp = adapter_dir.with_name(adapter_dir.name + ".tmp-distributed")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # PEFT adapter files (+ the tokenizer) on rank 0 only
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        if adapter_dir.exists():
+            old = adapter_dir.with_name(adapter_dir.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            adapter_dir.rename(old)
+            tmp.rename(adapter_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(adapter_dir)
+    accelerator.wait_for_everyone()

@@ -36,6 +36,7 @@ from core.config import (
     save_run_config,
     validate_run_config,
 )
+from core.config.schema import DistributedSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,6 +102,9 @@ def everything_changed() -> RunConfig:
             device="cuda",
             report_to=["tensorboard"],
             probe_prompts=["What is 2+2?", "Line one\nline two", "  leading and trailing  "],
+        ),
+        distributed=DistributedSettings(
+            num_processes=4, strategy="fsdp", fsdp_cpu_offload=True, mixed_precision="bf16", main_process_port=29611
         ),
         output_dir="/runs/every-field",
     )
@@ -200,7 +204,7 @@ def test_round_trip_every_field_changed(tmp_path: Path, make: Callable[[], RunCo
 def test_dict_round_trip() -> None:
     cfg = the_other_changes()
     d = config_to_dict(cfg)
-    assert list(d) == ["schema_version", "model", "data", "lora", "training", "output_dir"]
+    assert list(d) == ["schema_version", "model", "data", "lora", "training", "distributed", "output_dir"]
     assert config_from_dict(d) == cfg
     assert config_from_dict({}) == RunConfig()
 

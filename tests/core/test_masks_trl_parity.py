@@ -153,9 +153,9 @@ def test_render_diff_method_agrees_with_trl_patched_templates(family, tiny_model
 
 def test_builtin_chatml_with_markers_equals_trl(tiny_model_factory, shared_datasets, tmp_path):
     """ChatML with {% generation %} markers (our built-in): TRL uses the markers directly, and so do we."""
-    from transformers import AutoTokenizer
-
     import shutil
+
+    from transformers import AutoTokenizer
 
     src = tmp_path / "base"  # a copy: the shared "none" model must keep having no template
     shutil.copytree(tiny_model_factory("none"), src)

@@ -181,7 +181,7 @@ def killed_three_times(tmp_path_factory, tiny_model_factory, data):
 def test_kill_9_anywhere_then_resume_finishes_the_run(killed_three_times):
     run, plan, last = killed_three_times
     finished = last.last("finished")
-    assert finished["steps"] >= KILL_MAX_STEPS and not finished["stopped_early"], plan  # == below (xfail)
+    assert finished["steps"] >= KILL_MAX_STEPS and not finished["stopped_early"], plan  # exactly KILL_MAX_STEPS: test_resume_after_the_last_checkpoint_trains_no_extra_step
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "adapter" / "adapter_config.json").is_file()
     assert_loadable_checkpoint(run / "checkpoints" / f"checkpoint-{KILL_MAX_STEPS}", KILL_MAX_STEPS)
 
@@ -211,9 +211,6 @@ def test_kill_9_anywhere_then_resume_finishes_the_run(killed_three_times):
     assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, KILL_MAX_STEPS + 1))
 
 
-@pytest.mark.xfail(strict=True, reason="resuming from a checkpoint already at max_steps trains one step past it when "
-                                       "max_steps is not at an epoch boundary (Trainer re-enters the epoch); needs "
-                                       "the session.py patch in the hardening report")
 def test_resume_after_the_last_checkpoint_trains_no_extra_step(killed_three_times):
     run, plan, last = killed_three_times
     assert last.last("finished")["steps"] == KILL_MAX_STEPS, plan  # the same count as an uninterrupted run
@@ -226,8 +223,6 @@ def test_resume_after_the_last_checkpoint_trains_no_extra_step(killed_three_time
     assert adapter.keys() == saved.keys() and all(adapter[k].equal(saved[k]) for k in saved)
 
 
-@pytest.mark.xfail(strict=True, reason="session._save_atomically never removes an adapter.tmp-* left by a killed "
-                                       "save (patch in the hardening report)")
 def test_kill_9_during_adapter_save_leaves_nothing_half_written(killed_three_times):
     run, plan, _ = killed_three_times
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("adapter")) == ["adapter"], plan
