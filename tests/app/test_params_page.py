@@ -159,3 +159,37 @@ def test_the_probe_child_reports_device_model_and_fit(page, qtbot, tiny_model_fa
     import sys
 
     assert "torch" not in sys.modules or True  # the probe ran in a child (torch may be loaded by other tests)
+
+
+def test_dry_run_trains_three_steps_in_a_child_and_reports_speed_and_eta(qtbot, tmp_path, tiny_model_factory):
+    """The button a user presses before a long run: three real steps in a separate process, then tokens/s,
+    seconds per step and the ETA for the whole run — and the run's own output_dir is left untouched."""
+    import json
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": "an answer"}]}) + "\n"
+                            for i in range(24)))
+    session = StudioSession()
+    cfg = RunConfig()
+    cfg.model.name_or_path = str(tiny_model_factory("qwen2_5"))
+    cfg.data.path = str(data)
+    cfg.data.max_length = 128
+    cfg.training.per_device_train_batch_size = 2
+    cfg.training.num_train_epochs = 2
+    cfg.output_dir = str(tmp_path / "runs" / "real")
+    session.config = cfg
+    page = ParamsPage(session)
+    qtbot.addWidget(page)
+    try:
+        with qtbot.waitSignal(page.dryRunFinished, timeout=240_000):
+            assert page.start_dry_run()
+        result = page.dry_run_result
+        assert result and not result.get("error"), result
+        assert result["steps_measured"] == 3 and result["total_steps"] == 24
+        assert result["step_seconds"] > 0 and result["eta_s"] > 0
+        assert "Dry run" in page.dry_label.text() and "s/step" in page.dry_label.text()
+        assert not (tmp_path / "runs" / "real").exists()
+    finally:
+        page.shutdown()
+        session.shutdown()
