@@ -418,6 +418,11 @@ def _save_atomically(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
     tmp = adapter_dir.with_name(adapter_dir.name + f".tmp-{os.getpid()}-{int(time.time())}")
     trainer.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _move_into_place(tmp, adapter_dir)
+
+
+def _move_into_place(tmp: Path, adapter_dir: Path) -> None:
+    """Replace ``adapter_dir`` by the finished ``tmp`` folder with renames only (never a half-written adapter)."""
     if adapter_dir.exists():
         old = adapter_dir.with_name(adapter_dir.name + ".old")
         if old.exists():
@@ -450,13 +455,5 @@ def _save_distributed(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
     if accelerator.is_main_process:
         tokenizer.save_pretrained(tmp)
         (tmp / "training_args.bin").unlink(missing_ok=True)
-        if adapter_dir.exists():
-            old = adapter_dir.with_name(adapter_dir.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            adapter_dir.rename(old)
-            tmp.rename(adapter_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(adapter_dir)
+        _move_into_place(tmp, adapter_dir)
     accelerator.wait_for_everyone()
