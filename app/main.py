@@ -390,8 +390,9 @@ def run_app(run_file: str | None = None, page: str | None = None, row: int | Non
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
-    app.setApplicationName("SFT Studio")
-    app.setOrganizationName("SFT Studio")
+    from resources import apply_app_identity
+
+    apply_app_identity(app)  # name, desktop-file id and icon: the studio looks like itself in launchers and docks
     apply_palette(app, os.environ.get("SFT_STUDIO_THEME") or ("light" if screenshot else None))
     if page is not None and page not in PAGES:
         print(f"error: unknown page '{page}'; pages: {', '.join(PAGES)}", file=sys.stderr)

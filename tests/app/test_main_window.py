@@ -126,3 +126,12 @@ def test_screenshot_mode(tmp_path, tiny_model_factory, shared_datasets):
 
     image = QImage(str(out))
     assert image.width() >= 1200 and image.height() >= 800
+
+
+def test_the_app_carries_its_own_name_and_icon(qapp):
+    from resources import apply_app_identity
+
+    apply_app_identity(qapp)
+    assert qapp.applicationName() == "SFT Studio" and qapp.desktopFileName() == "sft-studio"
+    icon = qapp.windowIcon()
+    assert not icon.isNull() and {s.width() for s in icon.availableSizes()} >= {16, 32, 256}
