@@ -5,7 +5,6 @@ few fields that want a custom widget are listed in :data:`OVERRIDES`."""
 from __future__ import annotations
 
 import math
-import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -224,7 +223,7 @@ class TextEditor(FieldEditor):
 
     def __init__(self, info: FieldInfo) -> None:
         super().__init__(info)
-        self.kind = _kind(info)
+        self.kind = info.kind
         self.edit = QLineEdit()
         self.edit.editingFinished.connect(self._commit)
         if info.nullable:
@@ -287,7 +286,7 @@ class LinesEditor(FieldEditor):
 
     def __init__(self, info: FieldInfo) -> None:
         super().__init__(info)
-        self.mapping = _kind(info) == "dict"
+        self.mapping = info.kind == "dict"
         self.edit = QPlainTextEdit()
         self.edit.setMaximumHeight(80)
         self.edit.setTabChangesFocus(True)
@@ -314,23 +313,11 @@ class LinesEditor(FieldEditor):
             self.edit.setPlainText(text)
 
 
-def _kind(info: FieldInfo) -> str:
-    t = info.type
-    if t in (bool, int, float, str):
-        return t.__name__
-    origin = typing.get_origin(t)
-    if origin is list:
-        return "list"
-    if origin is dict:
-        return "dict"
-    return "str_or_list"
-
-
 def make_editor(info: FieldInfo) -> FieldEditor:
     """The default editor for a field, from its type and metadata."""
     if info.key in OVERRIDES:
         return OVERRIDES[info.key](info)
-    kind = _kind(info)
+    kind = info.kind
     if kind == "bool":
         return ChoiceEditor(info, (None, True, False)) if info.nullable else BoolEditor(info)
     if info.choices is not None:

@@ -25,7 +25,6 @@ import math
 import os
 import re
 import tempfile
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,19 +77,7 @@ _FIELDS: dict[str, FieldInfo] = {info.key: info for info in all_fields()}
 _TOP_LEVEL = {info.name: info for info in _FIELDS.values() if info.section is None}
 
 
-def _kind(info: FieldInfo) -> str:
-    t = info.type
-    if t in (bool, int, float, str):
-        return t.__name__
-    origin = typing.get_origin(t)
-    if origin is list:
-        return "list"
-    if origin is dict:
-        return "dict"
-    return "str_or_list"  # the only union the schema uses: str | list[str]
-
-
-_KINDS = {key: _kind(info) for key, info in _FIELDS.items()}
+_KINDS = {key: info.kind for key, info in _FIELDS.items()}
 _EXPECTED = {
     "bool": "true or false",
     "int": "an integer",

@@ -357,6 +357,20 @@ class FieldInfo:
     dataclass_field: dataclasses.Field[Any] = field(repr=False, compare=False)
 
     @property
+    def kind(self) -> str:
+        """The value's shape: bool | int | float | str | list | dict | str_or_list (the schema's only union,
+        ``str | list[str]``). Validation, the CLI and the GUI form all dispatch on it."""
+        t = self.type
+        if t in (bool, int, float, str):
+            return t.__name__
+        origin = typing.get_origin(t)
+        if origin is list:
+            return "list"
+        if origin is dict:
+            return "dict"
+        return "str_or_list"
+
+    @property
     def default(self) -> Any:
         """The default value; a fresh copy for lists and dicts."""
         f = self.dataclass_field
