@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE = 0, 1, 2
@@ -388,12 +388,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# How to open the desktop app: registered by app.entry (the `sft-studio` command), so that core never imports Qt
+# or app. `python -m core.cli` (what training and chat children run) has the headless commands only.
+gui_launcher: Callable[..., int] | None = None
+
+
 def cmd_gui(args: argparse.Namespace) -> int:
-    try:
-        from app.main import run_app
-    except ImportError as exc:
-        raise _UserError(f"the desktop app cannot start: {exc} (install PySide6-Essentials and pyqtgraph)") from None
-    return run_app(
+    if gui_launcher is None:
+        raise _UserError("the desktop app is opened by the `sft-studio` command (or `python -m app.entry`); "
+                         "`python -m core.cli` runs the headless commands only")
+    return gui_launcher(
         run_file=getattr(args, "run_file", None),
         page=getattr(args, "page", None),
         row=getattr(args, "row", None),

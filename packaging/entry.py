@@ -9,6 +9,9 @@ import sys
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()
+    from app.entry import register_gui
+
+    register_gui()  # the bundle's executable is also the desktop app
     from core.launch import main
 
     sys.exit(main())

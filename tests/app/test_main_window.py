@@ -117,7 +117,7 @@ def test_screenshot_mode(tmp_path, tiny_model_factory, shared_datasets):
     out = tmp_path / "shot.png"
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "core.cli", "gui", str(run), "--page", "tokens", "--row", "1", "--screenshot", str(out)],
+        [sys.executable, "-m", "app.entry", "gui", str(run), "--page", "tokens", "--row", "1", "--screenshot", str(out)],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
