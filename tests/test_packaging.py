@@ -146,7 +146,7 @@ def test_readme_reference_covers_every_setting():
 
 
 def _command_after(marker: str) -> str:
-    # the same extraction as .ci/run: the first line inside the first ``` block after the marker
+    # the first line inside the first ``` block after the marker (.ci/run checks README has this exact line)
     lines = README.read_text(encoding="utf-8").splitlines()
     i = lines.index(marker)
     assert lines[i + 1] == "```bash", f"{marker} must be followed by a ```bash block"
