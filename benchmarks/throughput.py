@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.architectures import LLAMA_3_1_8B, QWEN2_5_0_5B  # noqa: E402
+from benchmarks.architectures import LLAMA_3_1_8B, LLAMA_3_2_1B, QWEN2_5_0_5B  # noqa: E402
 
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": False}
@@ -36,6 +36,7 @@ H100_BF16_PEAK = 989e12  # dense bf16 tensor-core peak of an H100 SXM (datasheet
 GiB = 2**30
 RESULTS: list[dict] = []
 OUT = Path(".")
+PROFILE_DIR: Path | None = None  # --profile: torch.profiler tables of 3 steps after warm-up, per experiment
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -105,12 +106,14 @@ def trainer_class():
 
         max_micro_tokens = 0
         max_trained_tokens = 0
+        real_tokens = 0  # tokens of the rows themselves (no padding, no filler), for tokens/s
 
         def _wrap_collator(self):
             inner = self.data_collator
 
             def collate(examples):
                 batch = inner(examples)
+                self.real_tokens += sum(len(e["input_ids"]) for e in examples)
                 self.max_micro_tokens = max(self.max_micro_tokens, int(batch["input_ids"].numel()))
                 trained = sum(sum(1 for x in e["labels"][1:] if x != -100) for e in examples)
                 self.max_trained_tokens = max(self.max_trained_tokens, trained)
@@ -126,7 +129,7 @@ def trainer_class():
             if state.global_step == self.warmup or state.global_step == args.max_steps:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-                self.marks.append((time.perf_counter(), self.ref[0]._total_train_tokens, state.global_step))
+                self.marks.append((time.perf_counter(), self.ref[0].real_tokens, state.global_step))
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -136,7 +139,7 @@ def trainer_class():
 
 
 def run_trainer(name: str, model, args, rows, *, arch: dict, steps: int, warmup: int, extra: dict,
-                estimate_fn=None) -> dict:
+                estimate_fn=None, before_train=None, profile: bool = False) -> dict:
     from datasets import Dataset
 
     Timed, Clock = trainer_class()
@@ -153,6 +156,10 @@ def run_trainer(name: str, model, args, rows, *, arch: dict, steps: int, warmup:
                     callbacks=[clock])
     ref[0] = trainer
     trainer._wrap_collator()
+    if before_train is not None:
+        before_train(trainer)
+    if (profile or PROFILE_DIR is not None) and device == "cuda":
+        trainer.add_callback(profiler_callback(name, warmup))
     setup_s = time.perf_counter() - t0
     trainer.train()
     (t_a, tok_a, s_a), (t_b, tok_b, s_b) = clock.marks[0], clock.marks[-1]
@@ -180,6 +187,49 @@ def run_trainer(name: str, model, args, rows, *, arch: dict, steps: int, warmup:
         if "peak_allocated_gib" in result:
             result["estimate_error"] = round(result["estimate_allocated_gib"] / result["peak_allocated_gib"] - 1, 3)
     return result, trainer
+
+
+def profiler_callback(name: str, warmup: int, steps: int = 3):
+    """Profiles optimizer steps warmup+1 .. warmup+steps; writes the op tables and prints GPU busy share."""
+    from transformers import TrainerCallback
+
+    class Prof(TrainerCallback):
+        prof, t0 = None, 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == warmup and self.prof is None:
+                torch.cuda.synchronize()
+                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                               torch.profiler.ProfilerActivity.CUDA])
+                self.prof.start()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.prof is not None and state.global_step == warmup + steps:
+                torch.cuda.synchronize()
+                wall = time.perf_counter() - self.t0
+                self.prof.stop()
+                ka = self.prof.key_averages()
+
+                def dev(e):
+                    return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+
+                kernels = sum(dev(e) for e in ka) / 1e6
+                n_kernels = sum(e.count for e in ka if dev(e) > 0)
+                text = [f"wall {wall:.3f}s for {steps} steps, device busy {kernels:.3f}s ({kernels / wall:.0%}), "
+                        f"~{n_kernels / steps:.0f} device ops/step"]
+                for key in ("self_cuda_time_total", "self_cpu_time_total", "cpu_time_total"):
+                    try:
+                        text.append(ka.table(sort_by=key, row_limit=40, max_name_column_width=70))
+                    except Exception as exc:  # noqa: BLE001
+                        text.append(f"({key}: {exc})")
+                folder = PROFILE_DIR or (OUT / "profiles")
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{name}.txt").write_text("\n\n".join(text))
+                print(f"PROFILE {name}: {text[0]}", flush=True)
+                self.prof = None
+
+    return Prof()
 
 
 def record(result: dict) -> None:
@@ -251,7 +301,8 @@ def plain_trl(name, arch, rows, steps, warmup, device, *, batch=8, max_length=10
     return trainer
 
 
-def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_model=None, **cfg_kw):
+def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_model=None, compile_layers=None,
+           varlen=None, attn=None, casts=None, profile=False, tweak=None, **cfg_kw):
     """The studio's automatic choices (core.training.performance.tuned_settings), applied as session.py does."""
     from trl import SFTConfig
 
@@ -259,13 +310,23 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
     from core.training.performance import tuned_settings
 
     cfg = studio_config(name, four_bit=four_bit_model is not None, **cfg_kw)
+    cfg.training.torch_compile = compile_layers
+    cfg.model.attn_implementation = attn
     dev = device_info()
     lengths = [len(r["input_ids"]) for r in rows]
-    tuned = tuned_settings(cfg, dev, model_config=arch, lengths=lengths, liger=liger)
+    tuned = tuned_settings(cfg, dev, model_config=arch, lengths=lengths, liger=liger, varlen=varlen)
+    if casts is not None:
+        tuned.skip_lora_input_casts = not casts
+    if tweak is not None:
+        tweak(tuned)
     for reason in tuned.reasons:
         print(f"  [{name}] auto: {reason}", flush=True)
     attn = cfg.model.attn_implementation or tuned.attn_implementation or "sdpa"
-    model = four_bit_model if four_bit_model is not None else build_model(arch, attn, device)
+    tuned.before_load(attn)
+    if callable(four_bit_model):  # a loader: load the 4-bit model with the attention the studio chose
+        model = four_bit_model(attn)
+    else:
+        model = four_bit_model if four_bit_model is not None else build_model(arch, attn, device)
     tc = cfg.training
     base = dict(per_device_train_batch_size=tc.per_device_train_batch_size,
                 gradient_accumulation_steps=tc.gradient_accumulation_steps, max_length=cfg.data.max_length,
@@ -279,14 +340,21 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
         return estimate_memory(cfg, None, model_config=arch, gradient_checkpointing=bool(kwargs["gradient_checkpointing"]),
                                micro_batch=kwargs["per_device_train_batch_size"], tokens=tokens,
                                padding_free=padding_free, liger=bool(kwargs.get("use_liger_kernel")),
-                               trained_tokens=trained_tokens, device_kind=device, attn=attn)
+                               trained_tokens=trained_tokens, device_kind=device, attn=attn,
+                               compiled=tuned.compile_layers and not kwargs["gradient_checkpointing"])
 
     extra = {"path": "studio", "attn": attn, "padding_free": padding_free,
              "checkpointing": bool(kwargs["gradient_checkpointing"]), "liger": bool(kwargs.get("use_liger_kernel")),
              "batch": kwargs["per_device_train_batch_size"], "accum": kwargs.get("gradient_accumulation_steps", 1),
-             "reasons": tuned.reasons}
+             "reasons": tuned.reasons, "compiled_layers": tuned.compile_layers,
+             "skip_lora_input_casts": tuned.skip_lora_input_casts}
+
+    def before_train(trainer):
+        for line in tuned.prepare_model(trainer.model):
+            print(f"  [{name}] {line}", flush=True)
+
     result, trainer = run_trainer(name, model, args, rows, arch=arch, steps=steps, warmup=warmup, estimate_fn=est,
-                                  extra=extra)
+                                  extra=extra, before_train=before_train, profile=profile)
     record(result)
     return trainer
 
@@ -302,7 +370,8 @@ def guarded(fn, *a, **kw):
         free()
 
 
-def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True):
+def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True, name: str = "qlora-studio",
+          roundtrip: bool = True, **studio_kw):
     """Save random bf16 weights, load them in NF4 (double quantisation, bf16 compute), train (plain TRL and the
     studio path), save the adapter, reload it, merge it into the 16-bit base."""
     from peft import PeftModel
@@ -330,11 +399,11 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
     if baseline:
         guarded(plain_trl, "qlora-plain-trl", arch, rows, steps, warmup, device, model=load4("sdpa"))
         free()
-    trainer = guarded(studio, "qlora-studio", arch, rows, steps, warmup, device, four_bit_model=load4("sdpa"))
-    if trainer is None:
+    trainer = guarded(studio, name, arch, rows, steps, warmup, device, four_bit_model=load4, **studio_kw)
+    if trainer is None or not roundtrip:
         return
     # end to end: save, reload, merge into a 16-bit base
-    out = {"name": "qlora-roundtrip"}
+    out = {"name": f"{name}-roundtrip"}
     try:
         batch = trainer.data_collator([{k: v for k, v in r.items()} for r in rows[:8]])
         batch = {k: v.to("cuda") for k, v in batch.items() if torch.is_tensor(v)}
@@ -345,6 +414,8 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
                 return float(model(**batch).loss)
 
         out["loss_trained_4bit"] = loss_of(trainer.model)
+        with trainer.model.disable_adapter():
+            out["loss_trained_adapter_off"] = loss_of(trainer.model)
         adapter = Path("/tmp/qlora-adapter")
         trainer.model.save_pretrained(adapter)
         out["adapter_files"] = sorted(p.name for p in adapter.iterdir())
@@ -427,12 +498,96 @@ def experiments(qwen, llama, rows, device, steps):
                                                                  device, batch=4, max_length=512,
                                                                  checkpointing=False)),
         ],
+        "lab": [
+            ("attn-check", lambda: attention_check(device)),
+            ("Q-sdpa-eager", lambda: studio("Q-sdpa-eager", qwen, rows, qs, 5, device, varlen=False,
+                                            compile_layers=False, casts=True)),
+            ("Q-varlen-nocast", lambda: studio("Q-varlen-nocast", qwen, rows, qs, 5, device, compile_layers=False)),
+            ("Q-auto", lambda: studio("Q-auto", qwen, rows, qs, 8, device)),
+            ("L-sdpa-eager", lambda: studio("L-sdpa-eager", llama, rows, ls, 4, device, varlen=False,
+                                            compile_layers=False, casts=True)),
+            ("L-varlen-nocast", lambda: studio("L-varlen-nocast", llama, rows, ls, 4, device, compile_layers=False)),
+            ("L-auto", lambda: studio("L-auto", llama, rows, ls + 4, 8, device)),
+            ("L-auto-prof", lambda: studio("L-auto-prof", llama, rows, 12, 8, device, profile=True)),
+        ],
+        "qlora1b": [
+            ("q1b-save", lambda: save_random(LLAMA_3_2_1B, device, Path("/tmp/llama1b-random"))),
+            ("q1b-liger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, Path("/tmp/llama1b-random"),
+                                        baseline=False, name="q1b-liger", lr=1e-3)),
+            ("q1b-noliger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, Path("/tmp/llama1b-random"),
+                                          baseline=False, name="q1b-noliger", lr=1e-3, liger=False)),
+        ],
         "qlora": [
             ("qlora-save", lambda: save_random(llama, device, folder)),
             ("qlora-plain-trl", lambda: qlora_plain(llama, rows, steps or 20, 4, device, folder)),
-            ("qlora-studio", lambda: qlora(llama, rows, steps or 20, 4, device, folder, baseline=False)),
+            ("qlora-studio", lambda: qlora(llama, rows, steps or 60, 4, device, folder, baseline=False, lr=1e-3)),
+            ("qlora-studio-compiled", lambda: qlora(llama, rows, steps or 20, 4, device, folder, baseline=False,
+                                                    name="qlora-studio-compiled", roundtrip=False,
+                                                    compile_layers=True)),
         ],
     }
+
+
+def attention_check(device) -> None:
+    """core.training.attention (PyTorch's varlen FlashAttention) against SDPA with a block-diagonal causal mask:
+    outputs and gradients on random packed rows, GQA 32/8 heads, bf16."""
+    if device != "cuda":
+        return
+    from core.training.attention import varlen_attention_forward
+
+    torch.manual_seed(0)
+    lens = [37, 300, 5, 1024, 211]
+    total, hq, hkv, d = sum(lens), 32, 8, 128
+    q = torch.randn(1, hq, total, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, hkv, total, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, hkv, total, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device="cuda")
+    out, _ = varlen_attention_forward(None, q, k, v, None, scaling=d ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                      max_length_q=max(lens), max_length_k=max(lens))
+    g = torch.randn_like(out)
+    gq, gk, gv = torch.autograd.grad(out, (q, k, v), g)
+    seg = torch.repeat_interleave(torch.arange(len(lens), device="cuda"), torch.tensor(lens, device="cuda"))
+    mask = (seg[:, None] == seg[None, :]) & torch.ones(total, total, dtype=torch.bool, device="cuda").tril()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q64, k64.repeat_interleave(4, 1), v64.repeat_interleave(4, 1),
+                                                           attn_mask=mask).transpose(1, 2)
+    rq, rk, rv = torch.autograd.grad(ref, (q64, k64, v64), g.double())
+
+    def rel(a, b):
+        return round(float((a.double() - b).norm() / b.norm()), 6)
+
+    record({"name": "attn-check", "out_rel_err": rel(out, ref), "dq_rel_err": rel(gq, rq), "dk_rel_err": rel(gk, rk),
+            "dv_rel_err": rel(gv, rv), "nan": bool(out.isnan().any() or gq.isnan().any())})
+
+
+def ceiling(device) -> None:
+    """The machine's own bf16 matmul rate (8B-sized projections at 2k tokens) and copy bandwidth."""
+    if device != "cuda":
+        return
+    out = {"name": "ceiling"}
+    for label, (m, k, n) in {"mm_2k_4096x14336": (2048, 4096, 14336), "mm_8k_4096x4096": (8192, 4096, 4096)}.items():
+        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+        for _ in range(10):
+            a @ b
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            a @ b
+        end.record()
+        torch.cuda.synchronize()
+        out[label + "_tflops"] = round(2 * m * k * n * 50 / (start.elapsed_time(end) / 1e3) / 1e12, 1)
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    y.copy_(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        y.copy_(x)
+    end.record()
+    torch.cuda.synchronize()
+    out["copy_gbps"] = round(2 * 2**30 * 10 / (start.elapsed_time(end) / 1e3) / 1e9, 0)
+    record(out)
 
 
 def save_random(arch, device, folder: Path) -> None:
@@ -468,8 +623,14 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--one", default=None, help="run this one experiment in this process (used by the parent)")
+    ap.add_argument("--timeout", type=int, default=400, help="seconds per experiment before it is killed")
+    ap.add_argument("--profile", action="store_true", help="write torch.profiler tables of 3 steps per experiment")
     a = ap.parse_args()
+    global PROFILE_DIR
     OUT = Path(a.out)
+    if a.profile:
+        PROFILE_DIR = OUT / "profiles"
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -484,22 +645,35 @@ def main() -> None:
         print(f"data: {len(rows)} rows, mean {sum(lens) / len(lens):.0f} tokens, max {max(lens)}", flush=True)
     table = experiments(qwen, llama, rows, device, a.steps)
     if a.one:
-        for group in table.values():
-            for name, fn in group:
-                if name == a.one:
-                    guarded(fn)
-                    if name == "qlora-save":
-                        record({"name": name, "done": True})
+        group_name, _, name = a.one.partition(":")
+        for n, fn in table[group_name]:
+            if n == name:
+                guarded(fn)
+                if name == "qlora-save":
+                    record({"name": name, "done": True})
+                break
         return
     import subprocess
 
     for group in a.only.split(","):
         for name, _ in table.get(group, []):
-            cmd = [sys.executable, __file__, "--out", str(OUT), "--one", name] + (["--tiny"] if a.tiny else []) + (
-                ["--steps", str(a.steps)] if a.steps else [])
+            cmd = [sys.executable, __file__, "--out", str(OUT), "--one", f"{group}:{name}"] + (
+                ["--tiny"] if a.tiny else []) + (["--steps", str(a.steps)] if a.steps else []) + (
+                ["--profile"] if a.profile else [])
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, timeout=400)
-            print(f"[{name}] exit {proc.returncode} in {time.perf_counter() - t0:.0f}s", flush=True)
+            (OUT / "logs").mkdir(exist_ok=True)
+            with open(OUT / "logs" / f"{name}.log", "w") as log:  # the whole output, kept when a run hangs
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    code = proc.wait(timeout=a.timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = "killed (timeout)"
+                    record({"name": name, "error": f"timed out after {a.timeout}s"})
+            for line in (OUT / "logs" / f"{name}.log").read_text(errors="replace").splitlines():
+                if line.startswith(("RESULT", "PROFILE", "  [")) or "Error" in line:
+                    print(line[:600], flush=True)
+            print(f"[{name}] exit {code} in {time.perf_counter() - t0:.0f}s", flush=True)
     RESULTS.clear()
     RESULTS.extend(json.loads(line) for line in (OUT / "results.jsonl").read_text().splitlines() if line.strip())
     print("\nSUMMARY")

@@ -55,7 +55,7 @@ COLUMN_ROLES = (
     "tools",
 )
 BUILTIN_CHAT_TEMPLATES = ("chatml", "llama3", "mistral", "gemma", "alpaca", "openassistant")
-ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2")
+ATTN_IMPLEMENTATIONS = (None, "sdpa", "sdpa_varlen", "eager", "flash_attention_2")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -101,7 +101,8 @@ class ModelConfig:
     )
     attn_implementation: str | None = _model(
         None,
-        "The attention kernel; null lets transformers choose (sdpa where available).",
+        "The attention kernel; null lets the studio choose from the device (sdpa_varlen: PyTorch's built-in "
+        "FlashAttention over variable-length rows, CUDA bf16 only).",
         choices=ATTN_IMPLEMENTATIONS,
         advanced=True,
     )
@@ -239,6 +240,11 @@ class TrainingSettings:
     gradient_checkpointing: bool | None = _hardware(
         None,
         "Recompute activations to save memory at some speed cost; null lets the studio decide from the device.",
+        advanced=True,
+    )
+    torch_compile: bool | None = _hardware(
+        None,
+        "Compile each decoder layer with torch.compile; null lets the studio decide from the device and settings.",
         advanced=True,
     )
     packing: bool = _training(

@@ -222,9 +222,11 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
             stats.add_batch(inputs)  # what this micro-batch trains: supervised tokens, padding share
             return super().training_step(model, inputs, num_items_in_batch)
 
+    attn_implementation = config.model.attn_implementation or tuned.attn_implementation
+    tuned.before_load(attn_implementation)
     try:
         model = load_model(source, dtype=precision if precision != "fp16" else "fp32", quantization_config=quantization,
-                           attn_implementation=config.model.attn_implementation or tuned.attn_implementation,
+                           attn_implementation=attn_implementation,
                            **tuned.model_kwargs)
     except Exception as exc:
         if _is_oom(exc):
@@ -294,6 +296,8 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     # Its print() of every log dict would raise BrokenPipeError once the app is gone (and kill the stop-and-save
     # that EOF asks for); the same numbers are in the events and, one line per log, in train.log.
     trainer.remove_callback(PrinterCallback)
+    for line in tuned.prepare_model(trainer.model):
+        log.info("auto: %s", line)
     trainable, total = _param_counts(trainer.model)
     checkpoint = None
     if resume:

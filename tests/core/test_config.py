@@ -97,6 +97,7 @@ def everything_changed() -> RunConfig:
             weight_decay=0.01,
             max_grad_norm=0.5,
             gradient_checkpointing=True,
+            torch_compile=False,
             packing=True,
             precision="bf16",
             device="cuda",
@@ -135,7 +136,7 @@ def test_field_info_resolves_types_and_metadata() -> None:
     eval_steps = field_info("training.eval_steps")
     assert (eval_steps.type, eval_steps.nullable, eval_steps.advanced) == (int, True, True)
     attn = field_info("model.attn_implementation")
-    assert attn.choices == (None, "sdpa", "eager", "flash_attention_2")
+    assert attn.choices == (None, "sdpa", "sdpa_varlen", "eager", "flash_attention_2")
     assert field_info("lora.target_modules").type == (str | list[str])
     assert field_info("data.format").choices[0] == "auto"
     # mutable defaults are fresh copies
@@ -315,7 +316,7 @@ def test_bad_choice(tmp_path: Path) -> None:
     assert problems_of(excinfo) == [
         f"{path}:2: data.format must be one of auto, text, prompt_completion, messages, sharegpt, alpaca; "
         "got 'jsonl'",
-        f"{path}:4: model.attn_implementation must be one of null, sdpa, eager, flash_attention_2; got 'flash'",
+        f"{path}:4: model.attn_implementation must be one of null, sdpa, sdpa_varlen, eager, flash_attention_2; got 'flash'",
     ]
 
 
