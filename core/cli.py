@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--from-app", action="store_true",
                     help="started by the desktop app: end of input on stdin means stop (save and exit)")
 
+    be = sub.add_parser(
+        "bench", help="time a few real training steps of this exact run: tokens/s, peak memory vs estimate, MFU",
+        description="Train --warmup + --steps optimizer steps of the run (same data, model and automatic choices as "
+        "`train`) into a temporary folder and report trained tokens per second, seconds per step, peak memory "
+        "against the memory estimate, and an estimated MFU. Nothing is kept. One process (distributed settings are "
+        "not launched).")
+    be.add_argument("--config", "-c", metavar="RUN.yaml", help="the run file")
+    be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-file setting")
+    be.add_argument("--steps", type=int, default=5, help="optimizer steps to time (default 5)")
+    be.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, allocator; default 2)")
+    be.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ce = sub.add_parser("cluster-export", help="write run.yaml, an accelerate config, launch.sh and a Slurm template "
                         "to take this run to a multi-GPU machine or cluster")
     with_config(ce)
@@ -353,6 +364,33 @@ def _train_rank(config, resume: bool) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from core.training.bench import run_bench
+    from core.training.session import EXIT_CONFIG, EXIT_CRASH, EXIT_DATA, EXIT_OOM, TrainingFailed
+
+    if args.steps < 1 or args.warmup < 1:
+        raise _UserError("--steps and --warmup must be at least 1")
+    config = _load_config(args.config, args.set)
+    try:
+        result = run_bench(config, steps=args.steps, warmup=args.warmup)
+    except TrainingFailed as exc:
+        print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return {"config": EXIT_CONFIG, "data": EXIT_DATA, "oom": EXIT_OOM}.get(exc.kind, EXIT_CRASH)
+    except Exception as exc:  # noqa: BLE001 - reported like `train` does, without a traceback
+        kind = _failure_kind(exc)
+        print(f"error: {type(exc).__name__}: {exc}" if kind == "crash" else f"error: {exc}", file=sys.stderr)
+        return {"config": EXIT_CONFIG, "data": EXIT_DATA}.get(kind, EXIT_CRASH)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        for line in result.auto_choices:
+            print(f"auto: {line}")
+        print("\n".join(result.lines()))
+    return EXIT_OK
+
+
 def cmd_cluster_export(args: argparse.Namespace) -> int:
     from core.training.distributed import check_distributed, export_cluster
 
@@ -413,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "gui")  # `sft-studio run.yaml` (file managers' "Open with") opens it in the app
     args = _parser().parse_args(argv)
     commands = {"preview": cmd_preview, "audit": cmd_audit, "train": cmd_train, "init": cmd_init, "gui": cmd_gui,
-                "probe": cmd_probe, "cluster-export": cmd_cluster_export}
+                "probe": cmd_probe, "cluster-export": cmd_cluster_export, "bench": cmd_bench}
     command = getattr(args, "handler", None) or commands.get(args.command or "gui", cmd_gui)
     try:
         return command(args)

@@ -11,7 +11,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ class TrainResult:
     train_loss: float | None
     dropped_rows: int
     stopped_early: bool = False
+    memory_estimate: Any = None  # the MemoryEstimate of the settings the run used (None: architecture unknown)
+    auto_choices: list[str] = field(default_factory=list)  # what the studio chose and why (also in train.log)
+    device: Any = None  # the DeviceInfo it trained on
 
 
 class TrainingFailed(Exception):
@@ -113,7 +116,7 @@ def _setup_file_log(output_dir: Path) -> logging.Handler:
 
 
 def run_training(config: RunConfig, events: EventWriter | None = None, resume: bool = False,
-                 control: TrainingControl | None = None) -> TrainResult:
+                 control: TrainingControl | None = None, callbacks: list | None = None) -> TrainResult:
     """Train ``config`` to completion, or until ``control`` (stdin commands, STOP file, signals) stops it; a stop
     still saves a checkpoint and the adapter. Writes ``run.yaml`` first, then checkpoints, events and the adapter.
     With ``resume`` it continues from the newest complete checkpoint and appends to the same ``events.jsonl``.
@@ -133,7 +136,7 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
         except RunDirBusy as exc:
             raise TrainingFailed("config", str(exc), "") from None
         try:
-            return run_training(config, events, resume, control)
+            return run_training(config, events, resume, control, callbacks)
         finally:
             lock.release()
     if is_main_rank():
@@ -143,7 +146,7 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
     if events is None:
         events = EventWriter(output_dir / "events.jsonl")
     try:
-        return _train(config, output_dir, events, resume, control or TrainingControl(output_dir))
+        return _train(config, output_dir, events, resume, control or TrainingControl(output_dir), callbacks or [])
     finally:
         for name in ("sft_studio", "transformers", "trl", "peft"):
             logging.getLogger(name).removeHandler(handler)
@@ -152,7 +155,8 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
             events.close()
 
 
-def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: bool, control: TrainingControl) -> TrainResult:
+def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: bool, control: TrainingControl,
+           extra_callbacks: list) -> TrainResult:
     from core.pipeline import build_training_rows, open_run
     from core.training.devices import choose_precision, detect_device
     from core.training.distributed import precision_request, world_size
@@ -289,7 +293,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         callback.probe_prompts = []
     trainer = StudioTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=run.tokenizer,
-        peft_config=peft_config, callbacks=[callback],
+        peft_config=peft_config, callbacks=[callback, *extra_callbacks],
     )
     from transformers import PrinterCallback
 
@@ -347,7 +351,8 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
                 train_loss=output.training_loss, stopped_early=stopped_early,
                 stop_reason=control.stop_reason if stopped_early else None)
     return TrainResult(adapter_dir, trainer.state.global_step, output.training_loss, len(dropped),
-                       stopped_early=stopped_early)
+                       stopped_early=stopped_early, memory_estimate=tuned.memory, auto_choices=list(tuned.reasons),
+                       device=device)
 
 
 

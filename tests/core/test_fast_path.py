@@ -1,0 +1,377 @@
+"""The fast training path: the "sdpa_varlen" attention (checked against SDPA on CPU, where it runs the same contract
+through its reference implementation), the automatic choices that turn it on (varlen attention, padding-free batches,
+compiled decoder layers, LoRA input casts), the model preparation they apply, and the memory model of compiled
+layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.architectures import LLAMA_3_1_8B, QWEN2_5_0_5B
+from core.config import RunConfig
+from core.training import attention
+from core.training.devices import DeviceInfo
+from core.training.memory import estimate_memory, load_model_config
+from core.training.performance import (
+    TunedSettings,
+    compile_decoder_layers,
+    decoder_layers,
+    skip_lora_input_casts,
+    tuned_settings,
+)
+
+H100 = DeviceInfo("cuda", "NVIDIA H100", 80 * 2**30, True)
+MPS = DeviceInfo("mps", "Apple MPS", None, False)
+CPU = DeviceInfo("cpu", "CPU", None, False)
+LENGTHS = [200] * 900 + [1024] * 100
+
+# a tiny Llama (GQA: 4 query heads over 2 key/value heads), as in benchmarks/throughput.py
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": False}
+SEQ_LENS = (7, 12, 5)  # three rows of different lengths, packed into one padding-free row
+
+
+def _cfg(**training):
+    c = RunConfig()
+    c.lora.r, c.lora.lora_dropout = 16, 0.0
+    for k, v in training.items():
+        setattr(c.training, k, v)
+    return c
+
+
+# ------------------------------------------------------------------------------------------- the attention kernel
+
+
+def _tiny_pair():
+    """The same random weights twice: once with "sdpa_varlen", once with PyTorch SDPA (the reference)."""
+    from transformers import AutoModelForCausalLM
+
+    attention.register()
+    cfg = load_model_config(TINY)
+    torch.manual_seed(0)
+    varlen = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention.NAME, dtype=torch.float32)
+    sdpa = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    sdpa.load_state_dict(varlen.state_dict())
+    assert varlen.config._attn_implementation == attention.NAME and sdpa.config._attn_implementation == "sdpa"
+    return varlen.eval(), sdpa.eval()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return _tiny_pair()
+
+
+def _sequences(seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, TINY["vocab_size"], (n,), generator=g) for n in SEQ_LENS]
+
+
+def _packed(seqs: list[torch.Tensor]) -> dict:
+    """One padding-free row as TRL's collator builds it (position ids restart at each row, int32 boundaries)."""
+    lens = torch.tensor([len(s) for s in seqs])
+    cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
+    return {
+        "input_ids": torch.cat(seqs)[None],
+        "position_ids": torch.cat([torch.arange(len(s)) for s in seqs])[None],
+        "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
+        "max_length_q": int(lens.max()), "max_length_k": int(lens.max()),
+    }
+
+
+def _separately(model, seqs: list[torch.Tensor]) -> torch.Tensor:
+    """Logits of each row run on its own, concatenated along the sequence."""
+    return torch.cat([model(input_ids=s[None]).logits[0] for s in seqs])
+
+
+def test_register_is_idempotent_and_known_to_transformers():
+    from transformers import AttentionInterface
+
+    assert attention.register() == attention.NAME == attention.register()
+    assert AttentionInterface._global_mapping[attention.NAME] is attention.varlen_attention_forward
+
+
+def test_packed_rows_attend_only_within_their_own_row(pair):
+    varlen, sdpa = pair
+    seqs = _sequences()
+    with torch.no_grad():
+        reference = _separately(sdpa, seqs)
+        packed = varlen(**_packed(seqs)).logits[0]
+        torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-5)
+
+        # the boundaries are what keeps the rows apart: without them rows 2 and 3 see the tokens before them
+        batch = _packed(seqs)
+        for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"):
+            batch.pop(key)
+        unbounded = varlen(**batch).logits[0]
+    first = SEQ_LENS[0]
+    torch.testing.assert_close(unbounded[:first], reference[:first], atol=1e-5, rtol=1e-5)  # row 1 sees nothing else
+    assert (unbounded[first:] - reference[first:]).abs().max() > 1e-3
+
+
+def test_left_padded_batch_and_generation_match_sdpa(pair):
+    varlen, sdpa = pair
+    seqs = _sequences(seed=2)[:2]  # 7 and 12 tokens
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s):], mask[row, width - len(s):] = s, 1
+    assert not bool(mask.all())  # a real padded batch
+    with torch.no_grad():
+        got = varlen(input_ids=ids, attention_mask=mask).logits
+        want = sdpa(input_ids=ids, attention_mask=mask).logits
+        real = mask.bool()
+        torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
+        # and the real positions are what each row gives on its own (the padding is really ignored)
+        torch.testing.assert_close(got[real], _separately(sdpa, [seqs[0], seqs[1]]), atol=1e-5, rtol=1e-5)
+
+        kw = {"do_sample": False, "max_new_tokens": 5, "pad_token_id": 0}
+        out_varlen = varlen.generate(input_ids=ids, attention_mask=mask, **kw)
+        out_sdpa = sdpa.generate(input_ids=ids, attention_mask=mask, **kw)
+        assert out_varlen.shape == (2, width + 5)
+        assert torch.equal(out_varlen, out_sdpa)
+
+        # unpadded batch through the KV cache (one new query against the whole cache: bottom-right causal)
+        same = torch.stack([seqs[1][:6], seqs[1][6:]])
+        ones = torch.ones_like(same)
+        assert torch.equal(varlen.generate(input_ids=same, attention_mask=ones, **kw),
+                           sdpa.generate(input_ids=same, attention_mask=ones, **kw))
+
+
+def test_packed_gradients_match_per_row_sdpa():
+    varlen, sdpa = _tiny_pair()  # own copies: this test changes .grad
+    varlen.train(), sdpa.train()  # attention_dropout is 0: no randomness
+    seqs = _sequences(seed=3)
+
+    def loss_of(logits_per_row: list[torch.Tensor]) -> torch.Tensor:
+        # next-token loss inside each row (TRL masks the first label of each packed row)
+        losses = [torch.nn.functional.cross_entropy(lg[:-1], s[1:], reduction="sum")
+                  for lg, s in zip(logits_per_row, seqs, strict=True)]
+        return torch.stack(losses).sum() / sum(len(s) - 1 for s in seqs)
+
+    packed = varlen(**_packed(seqs)).logits[0]
+    loss_varlen = loss_of(list(packed.split(list(SEQ_LENS))))
+    loss_sdpa = loss_of([sdpa(input_ids=s[None]).logits[0] for s in seqs])
+    loss_varlen.backward()
+    loss_sdpa.backward()
+    torch.testing.assert_close(loss_varlen, loss_sdpa, atol=1e-6, rtol=1e-5)
+    grads_sdpa = dict(sdpa.named_parameters())
+    checked = 0
+    for name, p in varlen.named_parameters():
+        ref = grads_sdpa[name].grad
+        assert p.grad is not None and ref is not None, name
+        torch.testing.assert_close(p.grad, ref, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        checked += 1
+    assert checked == len(grads_sdpa)
+    # the attention weights really receive gradient through the varlen path
+    assert varlen.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_supports_model():
+    assert attention.supports_model(load_model_config(LLAMA_3_1_8B))
+    assert attention.supports_model(load_model_config(QWEN2_5_0_5B))  # qwen2's sliding window is off
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "vocab_size": 300}
+    assert not attention.supports_model(load_model_config({"model_type": "mistral", **small, "sliding_window": 4096}))
+    assert attention.supports_model(load_model_config({"model_type": "mistral", **small, "sliding_window": None}))
+    assert not attention.supports_model(load_model_config({"model_type": "gemma2", **small, "head_dim": 16}))
+    assert not attention.supports_model(load_model_config({**LLAMA_3_1_8B, "attn_logit_softcapping": 50.0}))
+    assert not attention.supports_model(load_model_config({**QWEN2_5_0_5B, "use_sliding_window": True,
+                                                           "sliding_window": 4096, "max_window_layers": 12}))
+    assert not attention.supports_model(load_model_config({**LLAMA_3_1_8B, "head_dim": 512}))
+    assert attention.supports_model(load_model_config({**LLAMA_3_1_8B, "head_dim": 256}))
+
+
+def test_kernel_never_claimed_off_cuda():
+    assert not attention.kernel_available("cpu")
+    assert not attention.kernel_available("mps")
+
+
+def test_soft_capped_layer_refuses_instead_of_computing_wrong_attention():
+    q = torch.zeros(1, 4, 3, 16)
+    kv = torch.zeros(1, 2, 3, 16)
+    with pytest.raises(NotImplementedError, match="sdpa"):
+        attention.varlen_attention_forward(None, q, kv, kv, None, softcap=50.0)
+    with pytest.raises(NotImplementedError):
+        attention.varlen_attention_forward(None, q, kv, kv, None, sliding_window=2)
+
+
+# -------------------------------------------------------------------------------------------- automatic choices
+
+
+def _fast(config=None, device=H100, arch=LLAMA_3_1_8B, **kw):
+    kw = {"lengths": LENGTHS, "flash_attn": False, "liger": True, "varlen": True, "compile_ok": True, **kw}
+    return tuned_settings(config or _cfg(), device, model_config=arch, **kw)
+
+
+def _reason(t, *words: str) -> str:
+    hits = [r for r in t.reasons if all(w in r for w in words)]
+    assert hits, f"no reason line with {words}: {t.reasons}"
+    return hits[0]
+
+
+def test_h100_fast_path_choices_each_with_a_reason():
+    t = _fast()
+    assert t.attn_implementation == attention.NAME
+    _reason(t, "attention sdpa_varlen")
+    assert t.sft_overrides["padding_free"] is True and t.sft_overrides["max_length"] is None
+    _reason(t, "padding-free")
+    assert t.compile_layers is True
+    _reason(t, "torch.compile", "CUDA")
+    assert "use_liger_kernel" not in t.sft_args  # installed and supported, but the compiled layers do that work
+    _reason(t, "Liger kernels off", "compiled")
+    assert not any(r.startswith("Liger kernels on") for r in t.reasons)
+    assert t.skip_lora_input_casts is True
+    _reason(t, "LoRA layers read bf16")
+    assert t.sft_args["gradient_checkpointing"] is False
+    _reason(t, "gradient checkpointing off")
+    assert t.memory is not None and t.memory.verdict == "fits"
+
+
+def test_flash_attn_package_wins_over_the_builtin_kernel():
+    t = _fast(flash_attn=True)
+    assert t.attn_implementation == "flash_attention_2"
+    assert t.sft_overrides["padding_free"] is True
+
+
+def test_no_varlen_kernel_falls_back_to_sdpa():
+    t = _fast(varlen=False)
+    assert t.attn_implementation == "sdpa"
+    _reason(t, "attention sdpa", "not available")
+    assert t.sft_overrides["padding_free"] is True  # SDPA keeps padding-free rows apart with a block mask
+
+
+def test_unsupported_architecture_falls_back_to_sdpa():
+    t = _fast(arch={**LLAMA_3_1_8B, "attn_logit_softcapping": 50.0})
+    assert t.attn_implementation == "sdpa"
+    _reason(t, "does not fit this model")
+
+
+def test_run_file_attention_and_compile_are_respected():
+    c = _cfg()
+    c.model.attn_implementation = "sdpa"
+    t = _fast(c)
+    assert t.attn_implementation is None  # the session loads with the run file's value
+    assert not any(r.startswith("attention ") for r in t.reasons)
+
+    t = _fast(_cfg(torch_compile=False))
+    assert t.compile_layers is False
+    assert not any("torch.compile of the decoder layers" in r for r in t.reasons)
+    assert t.sft_args.get("use_liger_kernel") is True  # no compiled layers: Liger does the fusing again
+    assert t.attn_implementation == attention.NAME
+
+
+def test_qlora_recomputes_and_does_not_compile():
+    c = _cfg()
+    c.model.load_in_4bit = True
+    t = _fast(c)
+    assert t.compile_layers is False
+    assert t.sft_args["gradient_checkpointing"] is True
+    _reason(t, "torch.compile of the decoder layers off")
+
+
+@pytest.mark.parametrize("device", [MPS, CPU], ids=["mps", "cpu"])
+def test_no_varlen_and_no_compile_off_cuda(device):
+    t = _fast(device=device)  # varlen=True must not be trusted off CUDA
+    assert t.attn_implementation == "sdpa"
+    assert t.compile_layers is False
+    assert "padding_free" not in t.sft_overrides
+    assert "use_liger_kernel" not in t.sft_args
+    _reason(t, "torch.compile of the decoder layers off", "not a CUDA run")
+
+
+def test_skip_lora_input_casts_only_for_bf16_lora():
+    assert _fast(_cfg(precision="fp32")).skip_lora_input_casts is False
+    c = _cfg()
+    c.lora.enabled = False
+    assert _fast(c).skip_lora_input_casts is False
+    assert _fast(device=CPU).skip_lora_input_casts is False
+
+
+def test_explicit_compile_with_checkpointing_warns_about_memory():
+    t = _fast(_cfg(torch_compile=True, gradient_checkpointing=True), arch=QWEN2_5_0_5B)
+    assert t.compile_layers is True
+    assert "memory warning" in _reason(t, "torch_compile", "checkpointing")
+
+
+# --------------------------------------------------------------------------------------------- model preparation
+
+
+def _tiny_peft(dtype=torch.float32):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(load_model_config(TINY), attn_implementation="sdpa", dtype=dtype)
+    # init_lora_weights=False: a non-zero lora_B, so the adapter path changes the output
+    return get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0,
+                                           init_lora_weights=False, task_type="CAUSAL_LM"))
+
+
+def _lora_layers(model) -> list:
+    return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "cast_input_dtype_enabled")]
+
+
+def test_prepare_model_skips_lora_input_casts_without_changing_bf16_results():
+    model = _tiny_peft(torch.bfloat16).eval()
+    layers = _lora_layers(model)
+    assert len(layers) == 7 * TINY["num_hidden_layers"]  # q k v o gate up down per layer (lm_head is excluded)
+    assert layers[0].lora_A["default"].weight.dtype == torch.float32  # PEFT keeps the adapter in fp32
+    ids = torch.randint(1, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+    lines = TunedSettings(skip_lora_input_casts=True).prepare_model(model)
+    assert all(m.cast_input_dtype_enabled is False for m in layers)
+    assert len(lines) == 1 and lines[0].startswith(f"{len(layers)} LoRA layers")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+    assert skip_lora_input_casts(model) == 0  # already done: nothing changed, nothing logged
+    assert TunedSettings(skip_lora_input_casts=True).prepare_model(model) == []
+
+
+def test_prepare_model_does_nothing_when_not_asked():
+    model = _tiny_peft()
+    assert TunedSettings().prepare_model(model) == []
+    assert all(m.cast_input_dtype_enabled is True for m in _lora_layers(model))
+
+
+def test_decoder_layers_found_through_the_peft_wrapper():
+    model = _tiny_peft()
+    layers = decoder_layers(model)
+    assert isinstance(layers, torch.nn.ModuleList) and len(layers) == TINY["num_hidden_layers"]
+    assert layers is model.base_model.model.model.layers
+    assert decoder_layers(torch.nn.Linear(2, 2)) is None
+
+
+def test_compile_decoder_layers_keeps_the_results():
+    model = _tiny_peft().eval()
+    ids = torch.randint(1, TINY["vocab_size"], (1, 10), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    assert compile_decoder_layers(model) == TINY["num_hidden_layers"]
+    layers = decoder_layers(model)
+    assert all(layer._compiled_call_impl is not None for layer in layers)  # nn.Module.compile in place
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            after = model(input_ids=ids).logits
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+
+
+def test_compiled_layers_keep_liger_sized_activations():
+    c = _cfg()
+    common = {"model_config": LLAMA_3_1_8B, "gradient_checkpointing": False, "tokens": 4096, "padding_free": True,
+              "attn": attention.NAME}
+    plain = estimate_memory(c, 80 * 2**30, **common)
+    compiled = estimate_memory(c, 80 * 2**30, compiled=True, **common)
+    liger = estimate_memory(c, 80 * 2**30, liger=True, **common)
+    assert compiled.activations < plain.activations
+    assert compiled.activations == liger.activations
+    assert compiled.weights == plain.weights and compiled.total < plain.total
