@@ -416,6 +416,7 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
         out["loss_trained_4bit"] = loss_of(trainer.model)
         with trainer.model.disable_adapter():
             out["loss_trained_adapter_off"] = loss_of(trainer.model)
+        train_attn = trainer.model.get_base_model().config._attn_implementation
         adapter = Path("/tmp/qlora-adapter")
         trainer.model.save_pretrained(adapter)
         out["adapter_files"] = sorted(p.name for p in adapter.iterdir())
@@ -427,6 +428,9 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
         out["loss_reloaded_4bit"] = loss_of(reloaded)
         del reloaded, base4
         free()
+        if train_attn != "sdpa":  # the same reload with the attention the run trained with
+            out["loss_reloaded_4bit_train_attn"] = loss_of(PeftModel.from_pretrained(load4(train_attn), adapter))
+            free()
         base16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": 0},
                                                       attn_implementation="sdpa")
         merged = PeftModel.from_pretrained(base16, adapter).merge_and_unload()

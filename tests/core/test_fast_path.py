@@ -48,10 +48,11 @@ def _tiny_pair():
     from transformers import AutoModelForCausalLM
 
     attention.register()
-    cfg = load_model_config(TINY)
     torch.manual_seed(0)
-    varlen = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention.NAME, dtype=torch.float32)
-    sdpa = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    # one config object each: from_config keeps the object it is given and sets its attention implementation
+    varlen = AutoModelForCausalLM.from_config(load_model_config(TINY), attn_implementation=attention.NAME,
+                                              dtype=torch.float32)
+    sdpa = AutoModelForCausalLM.from_config(load_model_config(TINY), attn_implementation="sdpa", dtype=torch.float32)
     sdpa.load_state_dict(varlen.state_dict())
     assert varlen.config._attn_implementation == attention.NAME and sdpa.config._attn_implementation == "sdpa"
     return varlen.eval(), sdpa.eval()
