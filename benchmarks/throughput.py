@@ -106,6 +106,7 @@ def trainer_class():
 
         max_micro_tokens = 0
         max_trained_tokens = 0
+        step_context = None  # set by the studio path (TunedSettings.training_step_context)
         real_tokens = 0  # tokens of the rows themselves (no padding, no filler), for tokens/s
 
         def _wrap_collator(self):
@@ -120,6 +121,12 @@ def trainer_class():
                 return batch
 
             self.data_collator = collate
+
+        def training_step(self, *args, **kwargs):
+            import contextlib
+
+            with (self.step_context() if self.step_context else contextlib.nullcontext()):
+                return super().training_step(*args, **kwargs)
 
     class Clock(TrainerCallback):
         def __init__(self, trainer_ref, warmup):
@@ -352,6 +359,7 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
     def before_train(trainer):
         for line in tuned.prepare_model(trainer.model):
             print(f"  [{name}] {line}", flush=True)
+        trainer.step_context = tuned.training_step_context
 
     result, trainer = run_trainer(name, model, args, rows, arch=arch, steps=steps, warmup=warmup, estimate_fn=est,
                                   extra=extra, before_train=before_train, profile=profile)

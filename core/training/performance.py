@@ -25,6 +25,7 @@ memory estimate says the run does not fit without it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,11 @@ class TunedSettings:
     memory: Any = None  # the MemoryEstimate of the chosen settings, when the architecture could be read
     compile_layers: bool = False  # torch.compile each decoder layer once the trainer has built the PEFT model
     skip_lora_input_casts: bool = False  # LoRA layers read the 16-bit input as is (autocast casts the weights)
+    lora_casts: Any = None  # the LoraInputCasts switch once prepare_model has found the layers
+
+    def training_step_context(self) -> Any:
+        """What a training step (forward and backward, under autocast) runs inside: the LoRA input casts off."""
+        return self.lora_casts if self.lora_casts is not None else contextlib.nullcontext()
 
     def sft_kwargs(self, base: dict[str, Any]) -> dict[str, Any]:
         """``base`` (the session's SFTConfig keywords) with the automatic choices applied."""
@@ -62,9 +68,10 @@ class TunedSettings:
         """Apply the choices that act on the built (PEFT-wrapped) model; returns one log line per change."""
         done = []
         if self.skip_lora_input_casts:
-            n = skip_lora_input_casts(model)
-            if n:
-                done.append(f"{n} LoRA layers take their bf16 input as is (no fp32 copy of each activation)")
+            self.lora_casts = LoraInputCasts(model)
+            if self.lora_casts.layers:
+                done.append(f"{len(self.lora_casts.layers)} LoRA layers take their bf16 input as is during training "
+                            "steps (no fp32 copy of each activation)")
         if self.compile_layers:
             n = compile_decoder_layers(model)
             if n:
@@ -256,7 +263,7 @@ def tuned_settings(
         tuned.reasons.append(f"memory: {estimate.summary()}")
 
     # --- LoRA input casts and regional compilation -------------------------------------------------------------
-    if config.lora.enabled and precision == "bf16" and device.kind in ("cuda", "mps"):
+    if config.lora.enabled and precision == "bf16" and cuda:
         # PEFT keeps LoRA weights in fp32 and copies every activation to fp32 before lora_A; under bf16 autocast
         # lora_A casts it straight back, so the copy changes no result and costs two passes over each activation
         tuned.skip_lora_input_casts = True
@@ -292,15 +299,27 @@ def decoder_layers(model: Any) -> Any:
     return best
 
 
-def skip_lora_input_casts(model: Any) -> int:
-    """Turn off PEFT's cast of each LoRA layer's input to the adapter dtype (see ``TunedSettings``); returns the
-    number of layers changed."""
-    n = 0
-    for module in model.modules():
-        if hasattr(module, "lora_A") and getattr(module, "cast_input_dtype_enabled", None) is True:
-            module.cast_input_dtype_enabled = False
-            n += 1
-    return n
+class LoraInputCasts:
+    """PEFT casts each LoRA layer's input to the adapter's dtype (fp32) before ``lora_A``; under bf16 autocast
+    ``lora_A`` casts it straight back, so in a training step the copy changes no result and costs two passes over
+    every activation. Used as a context manager around each training step, this turns the cast off and restores it
+    after: outside autocast (generation for the probe prompts, a saved adapter used elsewhere) the cast is needed,
+    since a bf16 input cannot meet fp32 weights."""
+
+    def __init__(self, model: Any) -> None:
+        self.layers = [m for m in model.modules()
+                       if hasattr(m, "lora_A") and isinstance(getattr(m, "cast_input_dtype_enabled", None), bool)]
+        self._saved: list[bool] = []
+
+    def __enter__(self) -> LoraInputCasts:
+        self._saved = [m.cast_input_dtype_enabled for m in self.layers]
+        for m in self.layers:
+            m.cast_input_dtype_enabled = False
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, value in zip(self.layers, self._saved, strict=False):
+            m.cast_input_dtype_enabled = value
 
 
 def compile_decoder_layers(model: Any, *, dynamic: bool = True) -> int:

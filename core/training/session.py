@@ -224,7 +224,8 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     class StudioTrainer(SFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             stats.add_batch(inputs)  # what this micro-batch trains: supervised tokens, padding share
-            return super().training_step(model, inputs, num_items_in_batch)
+            with tuned.training_step_context():
+                return super().training_step(model, inputs, num_items_in_batch)
 
     attn_implementation = config.model.attn_implementation or tuned.attn_implementation
     tuned.before_load(attn_implementation)

@@ -60,3 +60,13 @@ def test_bench_trains_real_steps_and_keeps_nothing(tiny_run_file: Path, capsys, 
 def test_bench_bad_steps_is_a_clear_error(tiny_run_file: Path, capsys) -> None:
     assert main(["bench", "--config", str(tiny_run_file), "--steps", "0"]) != 0
     assert "--steps" in capsys.readouterr().err
+
+
+def test_a_run_file_can_ask_for_the_studios_varlen_attention(tiny_run_file: Path, capsys) -> None:
+    # the session registers "sdpa_varlen" with transformers before loading (off CUDA it runs the SDPA reference)
+    code = main(["bench", "--config", str(tiny_run_file), "--steps", "1", "--warmup", "1", "--json",
+                 "--set", "model.attn_implementation=sdpa_varlen"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert all(v == v and v > 0 for _, v in result["losses"])  # finite, positive losses
+    assert not any(line.startswith("attention") for line in result["auto_choices"])  # the run file's choice stands
