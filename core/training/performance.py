@@ -195,13 +195,16 @@ def tuned_settings(
     compile_planned = tc.torch_compile is True or (
         tc.torch_compile is None and cuda and compile_ok and not mc.load_in_4bit and model_config is not None
         and tc.gradient_checkpointing is not True)
+    liger_on_reason = ("Liger kernels on (installed, CUDA, supported architecture, hidden >= 2048): fused RMSNorm, "
+                       "SwiGLU and RoPE save activation memory and time")
+    liger_set_aside = None  # index of the "Liger off" reason, while compiling is only planned
     if use_liger and compile_planned:
         use_liger = False
+        liger_set_aside = len(tuned.reasons)
         tuned.reasons.append("Liger kernels off: the compiled decoder layers fuse the same norms, SwiGLU and rotary")
     if use_liger:
         tuned.sft_args["use_liger_kernel"] = True
-        tuned.reasons.append("Liger kernels on (installed, CUDA, supported architecture, hidden >= 2048): fused "
-                             "RMSNorm, SwiGLU and RoPE save activation memory and time")
+        tuned.reasons.append(liger_on_reason)
 
     # --- memory: gradient checkpointing and the micro-batch split -----------------------------------------------
     batch, accum = tc.per_device_train_batch_size, tc.gradient_accumulation_steps
@@ -283,6 +286,9 @@ def tuned_settings(
                              "(measured on an H100, QLoRA 8B: 13.0 GiB peak instead of 6.9 GiB); the memory estimate "
                              "assumes checkpointing works")
     tuned.compile_layers = bool(compile_choice)
+    if liger_set_aside is not None and not tuned.compile_layers:  # the memory check turned compiling off after all
+        tuned.sft_args["use_liger_kernel"] = True
+        tuned.reasons[liger_set_aside] = liger_on_reason
     return tuned
 
 

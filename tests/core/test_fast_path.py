@@ -14,10 +14,10 @@ from core.training import attention
 from core.training.devices import DeviceInfo
 from core.training.memory import estimate_memory, load_model_config
 from core.training.performance import (
+    LoraInputCasts,
     TunedSettings,
     compile_decoder_layers,
     decoder_layers,
-    skip_lora_input_casts,
     tuned_settings,
 )
 
@@ -288,6 +288,7 @@ def test_skip_lora_input_casts_only_for_bf16_lora():
     c.lora.enabled = False
     assert _fast(c).skip_lora_input_casts is False
     assert _fast(device=CPU).skip_lora_input_casts is False
+    assert _fast(_cfg(precision="bf16"), device=MPS).skip_lora_input_casts is False  # CUDA only
 
 
 def test_explicit_compile_with_checkpointing_warns_about_memory():
@@ -314,7 +315,7 @@ def _lora_layers(model) -> list:
     return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "cast_input_dtype_enabled")]
 
 
-def test_prepare_model_skips_lora_input_casts_without_changing_bf16_results():
+def test_lora_input_casts_are_off_only_inside_training_steps_and_change_no_bf16_result():
     model = _tiny_peft(torch.bfloat16).eval()
     layers = _lora_layers(model)
     assert len(layers) == 7 * TINY["num_hidden_layers"]  # q k v o gate up down per layer (lm_head is excluded)
@@ -322,20 +323,41 @@ def test_prepare_model_skips_lora_input_casts_without_changing_bf16_results():
     ids = torch.randint(1, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(4))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         before = model(input_ids=ids).logits
-    lines = TunedSettings(skip_lora_input_casts=True).prepare_model(model)
-    assert all(m.cast_input_dtype_enabled is False for m in layers)
+
+    tuned = TunedSettings(skip_lora_input_casts=True)
+    lines = tuned.prepare_model(model)
     assert len(lines) == 1 and lines[0].startswith(f"{len(layers)} LoRA layers")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        after = model(input_ids=ids).logits
-    assert torch.equal(before, after)
-    assert skip_lora_input_casts(model) == 0  # already done: nothing changed, nothing logged
-    assert TunedSettings(skip_lora_input_casts=True).prepare_model(model) == []
+    assert all(m.cast_input_dtype_enabled is True for m in layers)  # untouched outside a training step
+    with tuned.training_step_context():
+        assert all(m.cast_input_dtype_enabled is False for m in layers)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = model(input_ids=ids).logits
+    assert all(m.cast_input_dtype_enabled is True for m in layers)
+    assert torch.equal(before, inside)  # bit-identical: autocast casts the fp32 adapter weights instead
+
+    # outside autocast (probe prompts at a checkpoint) the cast is still there: a bf16 input meets fp32 weights
+    with torch.no_grad():
+        out = model.generate(input_ids=ids[:1], attention_mask=torch.ones_like(ids[:1]), max_new_tokens=3,
+                             do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 12)
+
+
+def test_lora_input_casts_come_back_after_a_failed_step():
+    model = _tiny_peft(torch.bfloat16)
+    casts = LoraInputCasts(model)
+    assert casts.layers
+    with pytest.raises(RuntimeError, match="step failed"), casts:
+        assert all(m.cast_input_dtype_enabled is False for m in casts.layers)
+        raise RuntimeError("step failed")
+    assert all(m.cast_input_dtype_enabled is True for m in casts.layers)
 
 
 def test_prepare_model_does_nothing_when_not_asked():
     model = _tiny_peft()
-    assert TunedSettings().prepare_model(model) == []
-    assert all(m.cast_input_dtype_enabled is True for m in _lora_layers(model))
+    tuned = TunedSettings()
+    assert tuned.prepare_model(model) == []
+    with tuned.training_step_context():
+        assert all(m.cast_input_dtype_enabled is True for m in _lora_layers(model))
 
 
 def test_decoder_layers_found_through_the_peft_wrapper():
@@ -376,3 +398,18 @@ def test_compiled_layers_keep_liger_sized_activations():
     assert compiled.activations < plain.activations
     assert compiled.activations == liger.activations
     assert compiled.weights == plain.weights and compiled.total < plain.total
+
+
+def test_liger_comes_back_when_checkpointing_rules_out_compiling() -> None:
+    # a 24 GiB card: the 8B needs checkpointing, so the layers are not compiled and Liger must not be lost with them
+    from core.training.devices import DeviceInfo
+    from core.training.performance import tuned_settings
+
+    small = DeviceInfo("cuda", "NVIDIA GeForce RTX 4090", 24 * 2**30, True)
+    t = tuned_settings(_cfg(), small, model_config=LLAMA_3_1_8B, lengths=[200] * 900 + [1024] * 100,
+                       flash_attn=False, liger=True, varlen=True, compile_ok=True)
+    assert t.sft_args["gradient_checkpointing"] is True
+    assert t.compile_layers is False
+    assert t.sft_args.get("use_liger_kernel") is True
+    assert any(r.startswith("Liger kernels on") for r in t.reasons)
+    assert not any(r.startswith("Liger kernels off") for r in t.reasons)
