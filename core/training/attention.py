@@ -67,7 +67,7 @@ def _kernel(q, k, v, cu_q, cu_k, max_q: int, max_k: int, dropout: float, scale: 
     import torch
 
     if not q.is_cuda:
-        return _reference(q, k, v, cu_q, cu_k, scale)
+        return _reference(q, k, v, cu_q, cu_k, scale, dropout)
     dtype = q.dtype
     if dtype not in (torch.bfloat16, torch.float16):  # the kernel is 16-bit only (fp32 layers under autocast)
         half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
@@ -77,7 +77,7 @@ def _kernel(q, k, v, cu_q, cu_k, max_q: int, max_k: int, dropout: float, scale: 
     return out.to(dtype)
 
 
-def _reference(q, k, v, cu_q, cu_k, scale):
+def _reference(q, k, v, cu_q, cu_k, scale, dropout: float = 0.0):
     """The same contract through SDPA, one sequence at a time (CPU, tests)."""
     import torch
     import torch.nn.functional as F
@@ -88,7 +88,7 @@ def _reference(q, k, v, cu_q, cu_k, scale):
         sq, sk = qs.shape[0], ks.shape[0]
         mask = torch.ones(sq, sk, dtype=torch.bool, device=qs.device).tril(diagonal=sk - sq)
         out = F.scaled_dot_product_attention(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1),
-                                             attn_mask=mask, scale=scale)
+                                             attn_mask=mask, scale=scale, dropout_p=dropout)
         return out.transpose(0, 1)
 
     if cu_q is None:
