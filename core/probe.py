@@ -40,7 +40,18 @@ def probe(config_path: str | None = None, device: str | None = None) -> dict[str
         budget = info.total_memory if info is not None else None
         if kind == "cpu" and budget is None:
             budget = _system_memory()  # the CPU trains in system RAM
-        est = estimate_memory(cfg, budget, device_kind=kind)
+        est, auto = None, []
+        if info is not None and info.kind != "cpu" and budget:
+            # what training will do here: the automatic choices (padding-free, attention, checkpointing, compiled
+            # layers, micro-batch) with the worst-case micro-batch of max_length rows
+            from core.training.performance import tuned_settings
+
+            tuned = tuned_settings(cfg, info)
+            if tuned.estimate_kwargs:
+                est = estimate_memory(cfg, budget, **tuned.estimate_kwargs)
+                auto = tuned.reasons
+        if est is None:
+            est = estimate_memory(cfg, budget, device_kind=kind)
         out["estimate"] = {
             "breakdown": est.breakdown(),
             "total": est.total,
@@ -50,6 +61,7 @@ def probe(config_path: str | None = None, device: str | None = None) -> dict[str
             "suggestions": list(est.suggestions),
             "summary": est.summary(),
             "assumptions": est.assumptions,
+            "auto_choices": auto,
             "params": {"total": est.params.total, "trainable": est.params.trainable},
         }
     except Exception as exc:  # noqa: BLE001

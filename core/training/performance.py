@@ -47,6 +47,7 @@ class TunedSettings:
     compile_layers: bool = False  # torch.compile each decoder layer once the trainer has built the PEFT model
     skip_lora_input_casts: bool = False  # LoRA layers read the 16-bit input as is (autocast casts the weights)
     lora_casts: Any = None  # the LoraInputCasts switch once prepare_model has found the layers
+    estimate_kwargs: dict[str, Any] = field(default_factory=dict)  # estimate_memory arguments of ``memory``
 
     def training_step_context(self) -> Any:
         """What a training step (forward and backward, under autocast) runs inside: the LoRA input casts off."""
@@ -214,12 +215,11 @@ def tuned_settings(
 
         def est(checkpointing: bool, micro: int) -> Any:
             tokens = worst_case_tokens(lengths, micro, padding_free) if lengths else micro * config.data.max_length
-            return estimate_memory(
-                config, device.total_memory, model_config=model_config, gradient_checkpointing=checkpointing,
-                micro_batch=micro, tokens=tokens, padding_free=padding_free, liger=use_liger, precision=precision,
-                compiled=compile_planned and not checkpointing,
-                device_kind=device.kind, attn=attn, suggest=False,
-            )
+            kwargs = dict(model_config=model_config, gradient_checkpointing=checkpointing, micro_batch=micro,
+                          tokens=tokens, padding_free=padding_free, liger=use_liger, precision=precision,
+                          compiled=compile_planned and not checkpointing, device_kind=device.kind, attn=attn)
+            tuned.estimate_kwargs = kwargs  # the last one asked for is the one the choices settle on
+            return estimate_memory(config, device.total_memory, suggest=False, **kwargs)
     else:
         est = None
 
@@ -229,14 +229,14 @@ def tuned_settings(
             checkpointing = True
             why = "model.load_in_4bit asks for the smallest memory footprint (QLoRA), so activations are recomputed"
         elif est is not None and device.total_memory:
-            estimate = est(False, batch)
-            if estimate.verdict == "fits":
-                checkpointing = False
-                why = f"the run fits without it ({estimate.summary()}), so no layer is computed twice"
+            without = est(False, batch)
+            if without.verdict == "fits":
+                checkpointing, estimate = False, without
+                why = f"the run fits without it ({without.summary()}), so no layer is computed twice"
             else:
                 checkpointing = True
+                why = f"without it the estimate does not fit ({without.summary()})"
                 estimate = est(True, batch)
-                why = f"without it the estimate does not fit ({est(False, batch).summary()})"
         elif cuda:
             checkpointing = True
             why = "the model's size or the device memory is unknown, so memory comes first"

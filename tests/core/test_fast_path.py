@@ -413,3 +413,42 @@ def test_liger_comes_back_when_checkpointing_rules_out_compiling() -> None:
     assert t.sft_args.get("use_liger_kernel") is True
     assert any(r.startswith("Liger kernels on") for r in t.reasons)
     assert not any(r.startswith("Liger kernels off") for r in t.reasons)
+
+
+def test_the_estimate_kwargs_are_those_of_the_chosen_settings() -> None:
+    # the fit check (sft-studio probe) re-estimates with these: they must describe what training will do
+    from core.training.devices import DeviceInfo
+    from core.training.performance import tuned_settings
+
+    small = DeviceInfo("cuda", "NVIDIA GeForce RTX 4090", 24 * 2**30, True)
+    t = tuned_settings(_cfg(), small, model_config=LLAMA_3_1_8B, lengths=[200] * 900 + [1024] * 100,
+                       flash_attn=False, liger=True, varlen=True, compile_ok=True)
+    assert t.estimate_kwargs["gradient_checkpointing"] is True  # the settled choice, not the rejected try
+    again = estimate_memory(_cfg(), small.total_memory, suggest=False, **t.estimate_kwargs)
+    assert again.peak_allocated == t.memory.peak_allocated
+    big = tuned_settings(_cfg(), H100, model_config=LLAMA_3_1_8B, lengths=[200] * 1000, flash_attn=False,
+                         liger=True, varlen=True, compile_ok=True)
+    assert big.estimate_kwargs["gradient_checkpointing"] is False and big.estimate_kwargs["compiled"] is True
+    assert big.estimate_kwargs["attn"] == "sdpa_varlen" and big.estimate_kwargs["padding_free"] is True
+
+
+def test_fit_check_on_a_gpu_estimates_the_settings_training_will_use(tmp_path, monkeypatch, tiny_model_factory):
+    import yaml
+
+    import core.probe
+    import core.training.devices
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_model_factory("qwen2_5"))},
+                                    "training": {"per_device_train_batch_size": 8}}))
+    monkeypatch.setattr(core.training.devices, "detect_device", lambda preference="auto": H100)
+    monkeypatch.setattr(attention, "kernel_available", lambda kind, capability=None: True)
+    out = core.probe.probe(str(path))
+    est = out["estimate"]
+    assert out["errors"] == {}
+    assert est["assumptions"]["padding_free"] is True and est["assumptions"]["attn"] == "sdpa_varlen"
+    assert any(line.startswith("attention sdpa_varlen") for line in est["auto_choices"])
+    monkeypatch.setattr(core.training.devices, "detect_device",
+                        lambda preference="auto": DeviceInfo("cpu", "CPU", None, False))
+    cpu = core.probe.probe(str(path))["estimate"]
+    assert cpu["auto_choices"] == [] and cpu["assumptions"]["padding_free"] is False
