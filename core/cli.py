@@ -255,17 +255,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except _UserError:
         raise
     except Exception as exc:
-        from core.config import ConfigError
-        from core.data import DataError
-        from core.templates import TemplateError
-        from core.training.devices import DeviceError
-        from core.training.models import ModelError
-
-        kind, hint = "crash", ""
-        if isinstance(exc, (ConfigError, ModelError, TemplateError, DeviceError)):
-            kind = "config"
-        elif isinstance(exc, DataError):
-            kind = "data"
+        kind, hint = _failure_kind(exc), ""
         if kind == "crash":
             import traceback
 
@@ -284,6 +274,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     how = f"stopped ({control.stop_reason}) at step {result.steps}" if result.stopped_early else f"done: {result.steps} steps"
     print(f"{how}, adapter saved to {result.adapter_dir}", file=sys.stderr)
     return EXIT_OK
+
+
+def _exit_code(kind: str) -> int:
+    """The exit status of a failure kind (config, data, oom, crash)."""
+    from core.training.session import EXIT_CONFIG, EXIT_CRASH, EXIT_DATA, EXIT_OOM
+
+    return {"config": EXIT_CONFIG, "data": EXIT_DATA, "oom": EXIT_OOM}.get(kind, EXIT_CRASH)
 
 
 def _failure_kind(exc: BaseException) -> str:
@@ -368,7 +365,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from core.training.bench import run_bench
-    from core.training.session import EXIT_CONFIG, EXIT_CRASH, EXIT_DATA, EXIT_OOM, TrainingFailed
+    from core.training.session import TrainingFailed
 
     if args.steps < 1 or args.warmup < 1:
         raise _UserError("--steps and --warmup must be at least 1")
@@ -377,11 +374,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_bench(config, steps=args.steps, warmup=args.warmup)
     except TrainingFailed as exc:
         print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        return {"config": EXIT_CONFIG, "data": EXIT_DATA, "oom": EXIT_OOM}.get(exc.kind, EXIT_CRASH)
+        return _exit_code(exc.kind)
     except Exception as exc:  # noqa: BLE001 - reported like `train` does, without a traceback
         kind = _failure_kind(exc)
         print(f"error: {type(exc).__name__}: {exc}" if kind == "crash" else f"error: {exc}", file=sys.stderr)
-        return {"config": EXIT_CONFIG, "data": EXIT_DATA}.get(kind, EXIT_CRASH)
+        return _exit_code(kind)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
