@@ -3,7 +3,7 @@ Alpaca-like data and the same LoRA (r=16, alpha=32, all-linear, no dropout), ran
 architectures. Also QLoRA (NF4, double quantisation, bf16 compute) end to end and the memory estimate against
 measured peaks.
 
-    python benchmarks/throughput.py --out OUT [--only qwen,llama,qlora,grid] [--tiny]
+    python benchmarks/throughput.py --out OUT [--only qwen,llama,qlora,grid,lab:L-auto] [--tiny]
 
 Writes one JSON object per experiment to OUT/results.jsonl and prints a table. ``--tiny`` runs a 2-layer model
 on the CPU to check the script itself.
@@ -130,9 +130,12 @@ def trainer_class():
 
     class Clock(TrainerCallback):
         def __init__(self, trainer_ref, warmup):
-            self.ref, self.warmup, self.marks, self.losses = trainer_ref, warmup, [], []
+            self.ref, self.warmup, self.marks, self.losses, self.step_s = trainer_ref, warmup, [], [], []
 
         def on_step_end(self, args, state, control, **kw):
+            now = time.perf_counter()  # host time per step (no sync): shows compile/recompile stalls
+            self.step_s.append(round(now - getattr(self, "last", now), 3))
+            self.last = now
             if state.global_step == self.warmup or state.global_step == args.max_steps:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
@@ -180,7 +183,7 @@ def run_trainer(name: str, model, args, rows, *, arch: dict, steps: int, warmup:
         "name": name, "tokens_per_s": round(tps, 1), "steps_timed": s_b - s_a,
         "tokens_per_step": round((tok_b - tok_a) / max(1, s_b - s_a), 1),
         "mfu": round(tps * 4 * params.total / H100_BF16_PEAK, 4), "setup_s": round(setup_s, 1),
-        "max_micro_tokens": trainer.max_micro_tokens, "losses": clock.losses, **extra,
+        "max_micro_tokens": trainer.max_micro_tokens, "losses": clock.losses, "step_s": clock.step_s, **extra,
     }
     if device == "cuda":
         result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 3)
@@ -243,7 +246,7 @@ def record(result: dict) -> None:
     RESULTS.append(result)
     with open(OUT / "results.jsonl", "a") as fh:
         fh.write(json.dumps(result) + "\n")
-    show = {k: v for k, v in result.items() if k not in ("losses", "estimate_breakdown_gib")}
+    show = {k: v for k, v in result.items() if k not in ("losses", "estimate_breakdown_gib", "step_s", "reasons")}
     print("RESULT", json.dumps(show), flush=True)
 
 
@@ -309,9 +312,13 @@ def plain_trl(name, arch, rows, steps, warmup, device, *, batch=8, max_length=10
 
 
 def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_model=None, compile_layers=None,
-           varlen=None, attn=None, casts=None, profile=False, tweak=None, **cfg_kw):
-    """The studio's automatic choices (core.training.performance.tuned_settings), applied as session.py does."""
+           varlen=None, attn=None, casts=None, profile=False, tweak=None, inductor=None, budget=None, **cfg_kw):
+    """The studio's automatic choices (core.training.performance.tuned_settings), applied as session.py does.
+    ``inductor``: torch._inductor.config values to try; ``budget``: torch._functorch activation_memory_budget."""
     from trl import SFTConfig
+
+    for key, value in (inductor or {}).items():
+        setattr(torch._inductor.config, key, value)
 
     from core.training.memory import estimate_memory
     from core.training.performance import tuned_settings
@@ -324,6 +331,9 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
     tuned = tuned_settings(cfg, dev, model_config=arch, lengths=lengths, liger=liger, varlen=varlen)
     if casts is not None:
         tuned.skip_lora_input_casts = not casts
+    if budget is not None:
+        tuned.recompute_budget = budget
+        torch._functorch.config.activation_memory_budget = budget
     if tweak is not None:
         tweak(tuned)
     for reason in tuned.reasons:
@@ -344,16 +354,19 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
     padding_free = bool(kwargs.get("padding_free"))
 
     def est(tokens, trained_tokens):
-        return estimate_memory(cfg, None, model_config=arch, gradient_checkpointing=bool(kwargs["gradient_checkpointing"]),
+        fused = tuned.compile_layers and tuned.recompute_budget is not None  # recomputed by the compiled layers
+        return estimate_memory(cfg, None, model_config=arch,
+                               gradient_checkpointing=bool(kwargs["gradient_checkpointing"]) or fused,
                                micro_batch=kwargs["per_device_train_batch_size"], tokens=tokens,
                                padding_free=padding_free, liger=bool(kwargs.get("use_liger_kernel")),
                                trained_tokens=trained_tokens, device_kind=device, attn=attn,
-                               compiled=tuned.compile_layers and not kwargs["gradient_checkpointing"])
+                               compiled=tuned.compile_layers and (fused or not kwargs["gradient_checkpointing"]),
+                               recompute_budget=tuned.recompute_budget if fused else None)
 
-    extra = {"path": "studio", "attn": attn, "padding_free": padding_free,
+    extra = {"path": "studio", "attn": attn, "padding_free": padding_free, "inductor": inductor, "budget": budget,
              "checkpointing": bool(kwargs["gradient_checkpointing"]), "liger": bool(kwargs.get("use_liger_kernel")),
              "batch": kwargs["per_device_train_batch_size"], "accum": kwargs.get("gradient_accumulation_steps", 1),
-             "reasons": tuned.reasons, "compiled_layers": tuned.compile_layers,
+             "reasons": tuned.reasons, "compiled_layers": tuned.compile_layers, "recompute_budget": tuned.recompute_budget,
              "skip_lora_input_casts": tuned.skip_lora_input_casts}
 
     def before_train(trainer):
@@ -365,6 +378,15 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
                                   extra=extra, before_train=before_train, profile=profile)
     record(result)
     return trainer
+
+
+def fused_recompute(tuned) -> None:
+    """What the studio picks when a 16-bit run must recompute (a smaller GPU): compiled layers that recompute."""
+    from core.training.performance import RECOMPUTE_BUDGET
+
+    tuned.sft_args["gradient_checkpointing"] = False
+    tuned.compile_layers = True
+    tuned.recompute_budget = RECOMPUTE_BUDGET
 
 
 def guarded(fn, *a, **kw):
@@ -418,13 +440,23 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
         trainer.model.eval()
 
         def loss_of(model):
-            with torch.no_grad():
-                return float(model(**batch).loss)
+            with torch.no_grad():  # no KV cache: with one, transformers' SDPA ignores the packed rows' boundaries
+                return float(model(**batch, use_cache=False).loss)
 
         out["loss_trained_4bit"] = loss_of(trainer.model)
         with trainer.model.disable_adapter():
             out["loss_trained_adapter_off"] = loss_of(trainer.model)
         train_attn = trainer.model.get_base_model().config._attn_implementation
+        # what the adapter file must carry: the LoRA weights, and nothing else may have changed in the base
+        from peft import get_peft_model_state_dict
+
+        trained_lora = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(trainer.model).items()}
+        out["lora_tensors"] = len(trained_lora)
+        out["non_lora_trainable"] = [n for n, p in trainer.model.named_parameters()
+                                     if p.requires_grad and "lora_" not in n][:10]
+        base_after = {n: p.detach().float().cpu() for n, p in trainer.model.get_base_model().named_parameters()
+                      if "lora_" not in n and p.is_floating_point()}
+        used_liger = bool(getattr(trainer.args, "use_liger_kernel", False))
         adapter = Path("/tmp/qlora-adapter")
         trainer.model.save_pretrained(adapter)
         out["adapter_files"] = sorted(p.name for p in adapter.iterdir())
@@ -432,8 +464,21 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
         free()
         base4 = load4("sdpa")
         out["loss_base_4bit"] = loss_of(base4)
+        diffs = sorted(((float((p.detach().float().cpu() - base_after[n]).abs().max()), n)
+                        for n, p in base4.named_parameters() if n in base_after), reverse=True)
+        out["base_params_compared"] = len(diffs)
+        out["base_param_max_diff"] = diffs[:3]
         reloaded = PeftModel.from_pretrained(base4, adapter)
         out["loss_reloaded_4bit"] = loss_of(reloaded)
+        reloaded_lora = get_peft_model_state_dict(reloaded)
+        out["lora_reload_max_diff"] = max((float((reloaded_lora[k].float().cpu() - v).abs().max())
+                                           for k, v in trained_lora.items() if k in reloaded_lora), default=None)
+        out["lora_missing_on_reload"] = [k for k in trained_lora if k not in reloaded_lora][:5]
+        if used_liger:  # the same kernels the run trained with
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=reloaded.get_base_model())
+            out["loss_reloaded_4bit_liger"] = loss_of(reloaded)
         del reloaded, base4
         free()
         if train_attn != "sdpa":  # the same reload with the attention the run trained with
@@ -521,6 +566,49 @@ def experiments(qwen, llama, rows, device, steps):
             ("L-varlen-nocast", lambda: studio("L-varlen-nocast", llama, rows, ls, 4, device, compile_layers=False)),
             ("L-auto", lambda: studio("L-auto", llama, rows, ls + 4, 8, device)),
             ("L-auto-prof", lambda: studio("L-auto-prof", llama, rows, 12, 8, device, profile=True)),
+        ],
+        "s3q": [
+            ("q1b-save", lambda: save_random(LLAMA_3_2_1B, device, Path("/tmp/llama1b-random"))),
+            ("q1b-liger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, Path("/tmp/llama1b-random"),
+                                        baseline=False, name="q1b-liger", lr=1e-3)),
+            ("q1b-noliger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, Path("/tmp/llama1b-random"),
+                                          baseline=False, name="q1b-noliger", lr=1e-3, liger=False)),
+            ("q1b-compile-ck", lambda: qlora(LLAMA_3_2_1B, rows, 24, 8, device, Path("/tmp/llama1b-random"),
+                                             baseline=False, name="q1b-compile-ck", roundtrip=False,
+                                             compile_layers=True)),
+            ("q1b-compile-budget", lambda: qlora(LLAMA_3_2_1B, rows, 24, 8, device, Path("/tmp/llama1b-random"),
+                                                 baseline=False, name="q1b-compile-budget", roundtrip=False,
+                                                 compile_layers=True, checkpointing=False, budget=0.1)),
+        ],
+        "s3q8": [
+            ("qlora-save", lambda: save_random(llama, device, folder)),
+            ("qlora-plain-trl", lambda: qlora_plain(llama, rows, steps or 20, 4, device, folder)),
+            ("q8-auto", lambda: qlora(llama, rows, 24, 8, device, folder, baseline=False, name="q8-auto",
+                                      roundtrip=False)),
+            ("q8-budget0", lambda: qlora(llama, rows, 24, 8, device, folder, baseline=False, name="q8-budget0",
+                                         roundtrip=False, budget=0.0)),
+            ("q8-eager-ck", lambda: qlora(llama, rows, 20, 4, device, folder, baseline=False, name="q8-eager-ck",
+                                          roundtrip=False, compile_layers=False)),
+            ("q8-eager-ck-noliger", lambda: qlora(llama, rows, 20, 4, device, folder, baseline=False,
+                                                  name="q8-eager-ck-noliger", roundtrip=False, compile_layers=False,
+                                                  liger=False)),
+        ],
+        "s3fused": [
+            ("grid-qwen-studio-b32-fused", lambda: studio("grid-qwen-studio-b32-fused", qwen, rows, 8, 3, device,
+                                                          batch=32, tweak=fused_recompute)),
+            ("grid-llama8b-studio-b8-fused", lambda: studio("grid-llama8b-studio-b8-fused", llama, rows, 10, 4,
+                                                            device, batch=8, tweak=fused_recompute)),
+        ],
+        "s3host": [
+            (f"Q-{label}", (lambda label=label, ind=ind: studio(f"Q-{label}", qwen, rows, qs, 5, device, inductor=ind)))
+            for label, ind in (("auto", None), ("cpp", {"cpp_wrapper": True}), ("combo", {"combo_kernels": True}),
+                               ("cpp-combo", {"cpp_wrapper": True, "combo_kernels": True}))
+        ],
+        "s3host8b": [
+            (f"L-{label}", (lambda label=label, ind=ind: studio(f"L-{label}", llama, rows, ls + 4, 8, device,
+                                                               inductor=ind)))
+            for label, ind in (("auto", None), ("cpp", {"cpp_wrapper": True}), ("combo", {"combo_kernels": True}),
+                               ("cpp-combo", {"cpp_wrapper": True, "combo_kernels": True}))
         ],
         "qlora1b": [
             ("q1b-save", lambda: save_random(LLAMA_3_2_1B, device, Path("/tmp/llama1b-random"))),
@@ -667,8 +755,11 @@ def main() -> None:
         return
     import subprocess
 
-    for group in a.only.split(","):
+    for entry in a.only.split(","):  # a group, or group:experiment
+        group, _, only = entry.partition(":")
         for name, _ in table.get(group, []):
+            if only and name != only:
+                continue
             cmd = [sys.executable, __file__, "--out", str(OUT), "--one", f"{group}:{name}"] + (
                 ["--tiny"] if a.tiny else []) + (["--steps", str(a.steps)] if a.steps else []) + (
                 ["--profile"] if a.profile else [])

@@ -484,7 +484,8 @@ class ParamsPage(QWidget):
         self.breakdown_label.setText(
             "&nbsp;&nbsp; ".join(cells[:4]) + "<br>" + "&nbsp;&nbsp; ".join(cells[4:]) +
             f"<br><small>{a.get('micro_batch')} × {self.config.data.max_length} tokens, {a.get('precision')}, "
-            f"gradient checkpointing {'on' if a.get('gradient_checkpointing') else 'off'}"
+            + ("activations recomputed in the compiled layers" if a.get("recompute_budget") is not None else
+               f"gradient checkpointing {'on' if a.get('gradient_checkpointing') else 'off'}") +
             f"{', 4-bit' if a.get('load_in_4bit') else ''}{', padding-free' if a.get('padding_free') else ''}"
             f"{', compiled layers' if a.get('compiled') else ''}</small>")
         sugg = est.get("suggestions") or []

@@ -272,13 +272,16 @@ def estimate_memory(
     trained_tokens: int | None = None,
     attn: str | None = None,
     compiled: bool = False,
+    recompute_budget: float | None = None,
     suggest: bool = True,
 ) -> MemoryEstimate:
     """Estimate peak memory of training ``config`` (a :class:`~core.config.RunConfig`).
 
     ``tokens`` is the number of tokens in the largest micro-batch (padding included); by default the worst case
     ``micro_batch × data.max_length``. ``gradient_checkpointing`` / ``precision`` default to the run file's values
-    (auto → off / bf16). ``device_total_bytes`` turns on the verdict and the suggestions."""
+    (auto → off / bf16). ``device_total_bytes`` turns on the verdict and the suggestions. With
+    ``gradient_checkpointing`` and ``compiled``, ``recompute_budget`` is the compiled layers' activation memory budget
+    (core.training.performance): they keep what checkpointing keeps plus that share of the rest."""
     tc, lora = config.training, config.lora
     model_config = load_model_config(model_config if model_config is not None else config.model.name_or_path)
     shape = model_shape(model_config)
@@ -322,6 +325,8 @@ def estimate_memory(
                                        attn=attn)
     if checkpointing:
         kept = shape.layers * s * shape.hidden * n + per_layer * n  # layer inputs + one layer recomputed
+        if compiled and recompute_budget is not None:  # the partitioner keeps this share of the rest
+            kept += recompute_budget * max(0, (shape.layers - 1) * per_layer * n - shape.layers * s * shape.hidden * n)
     else:
         kept = shape.layers * per_layer * n
     mask = 0
@@ -349,6 +354,7 @@ def estimate_memory(
         assumptions={
             "gradient_checkpointing": checkpointing, "micro_batch": batch, "tokens": n, "precision": precision,
             "load_in_4bit": quantized, "padding_free": padding_free, "liger": liger, "attn": attn, "compiled": compiled,
+            "recompute_budget": recompute_budget if checkpointing and compiled else None,
             "activation_bytes_per_token_per_layer": int(per_layer),
         },
     )
@@ -358,7 +364,7 @@ def estimate_memory(
             est.suggestions = _suggestions(
                 config, device_total_bytes, model_config=model_config, checkpointing=checkpointing, batch=batch,
                 tokens=n, padding_free=padding_free, liger=liger, precision=precision, device_kind=device_kind,
-                trained_fraction=trained_fraction, attn=attn, compiled=compiled,
+                trained_fraction=trained_fraction, attn=attn, compiled=compiled, recompute_budget=recompute_budget,
             )
     return est
 

@@ -14,6 +14,7 @@ from core.training import attention
 from core.training.devices import DeviceInfo
 from core.training.memory import estimate_memory, load_model_config
 from core.training.performance import (
+    RECOMPUTE_BUDGET,
     LoraInputCasts,
     TunedSettings,
     compile_decoder_layers,
@@ -263,13 +264,52 @@ def test_run_file_attention_and_compile_are_respected():
     assert t.attn_implementation == attention.NAME
 
 
-def test_qlora_recomputes_and_does_not_compile():
+def test_qlora_recomputes_inside_the_compiled_layers():
+    """QLoRA asks for the smallest footprint: on CUDA the compiled layers recompute (fused, under a memory budget)
+    instead of transformers' eager checkpointing, and the estimate assumes that budget."""
     c = _cfg()
     c.model.load_in_4bit = True
     t = _fast(c)
-    assert t.compile_layers is False
+    assert t.compile_layers is True
+    assert t.sft_args["gradient_checkpointing"] is False
+    assert t.recompute_budget == RECOMPUTE_BUDGET
+    assert t.estimate_kwargs["recompute_budget"] == RECOMPUTE_BUDGET
+    assert t.estimate_kwargs["gradient_checkpointing"] is True
+    assert t.memory.assumptions["recompute_budget"] == RECOMPUTE_BUDGET
+    _reason(t, "activations recomputed inside the compiled decoder layers", "load_in_4bit")
+
+
+def test_qlora_without_inductor_uses_gradient_checkpointing():
+    c = _cfg()
+    c.model.load_in_4bit = True
+    t = _fast(c, compile_ok=False)
+    assert t.compile_layers is False and t.recompute_budget is None
     assert t.sft_args["gradient_checkpointing"] is True
-    _reason(t, "torch.compile of the decoder layers off")
+    _reason(t, "torch.compile of the decoder layers off", "Triton")
+
+
+def test_run_file_checkpointing_is_transformers_checkpointing_without_compile():
+    c = _cfg(gradient_checkpointing=True)
+    c.model.load_in_4bit = True
+    t = _fast(c)
+    assert t.compile_layers is False and t.recompute_budget is None
+    assert "gradient_checkpointing" not in t.sft_args  # the session passes the run file's own value
+    _reason(t, "torch.compile of the decoder layers off", "asks for gradient checkpointing")
+
+
+def test_compiled_recompute_costs_less_than_keeping_everything():
+    from core.training.memory import estimate_memory
+
+    c = _cfg()
+    kw = dict(model_config=LLAMA_3_1_8B, micro_batch=8, tokens=8192, padding_free=True, compiled=True,
+              attn="sdpa_varlen")
+    keep = estimate_memory(c, **kw, gradient_checkpointing=False).activations
+    eager = estimate_memory(c, **kw, gradient_checkpointing=True).activations
+    fused = estimate_memory(c, **kw, gradient_checkpointing=True, recompute_budget=RECOMPUTE_BUDGET).activations
+    assert eager <= fused < keep
+    assert fused <= eager + RECOMPUTE_BUDGET * (keep - eager)
+    half = estimate_memory(c, **kw, gradient_checkpointing=True, recompute_budget=0.5).activations
+    assert fused <= half < keep
 
 
 @pytest.mark.parametrize("device", [MPS, CPU], ids=["mps", "cpu"])
@@ -400,19 +440,26 @@ def test_compiled_layers_keep_liger_sized_activations():
     assert compiled.weights == plain.weights and compiled.total < plain.total
 
 
-def test_liger_comes_back_when_checkpointing_rules_out_compiling() -> None:
-    # a 24 GiB card: the 8B needs checkpointing, so the layers are not compiled and Liger must not be lost with them
+def test_a_run_that_needs_recomputation_keeps_its_compiled_layers() -> None:
+    # a 24 GiB card: the 8B must recompute activations; the compiled layers do it (Liger stays off), and without a
+    # working inductor it is transformers' checkpointing with Liger's kernels back on
     from core.training.devices import DeviceInfo
     from core.training.performance import tuned_settings
 
     small = DeviceInfo("cuda", "NVIDIA GeForce RTX 4090", 24 * 2**30, True)
-    t = tuned_settings(_cfg(), small, model_config=LLAMA_3_1_8B, lengths=[200] * 900 + [1024] * 100,
-                       flash_attn=False, liger=True, varlen=True, compile_ok=True)
-    assert t.sft_args["gradient_checkpointing"] is True
-    assert t.compile_layers is False
-    assert t.sft_args.get("use_liger_kernel") is True
-    assert any(r.startswith("Liger kernels on") for r in t.reasons)
-    assert not any(r.startswith("Liger kernels off") for r in t.reasons)
+    lengths = [200] * 900 + [1024] * 100
+    t = tuned_settings(_cfg(), small, model_config=LLAMA_3_1_8B, lengths=lengths, flash_attn=False, liger=True,
+                       varlen=True, compile_ok=True)
+    assert t.sft_args["gradient_checkpointing"] is False and t.recompute_budget is not None
+    assert t.compile_layers is True
+    assert "use_liger_kernel" not in t.sft_args
+    _reason(t, "activations recomputed inside the compiled decoder layers", "does not fit")
+    eager = tuned_settings(_cfg(), small, model_config=LLAMA_3_1_8B, lengths=lengths, flash_attn=False, liger=True,
+                           varlen=True, compile_ok=False)
+    assert eager.sft_args["gradient_checkpointing"] is True and eager.compile_layers is False
+    assert eager.sft_args.get("use_liger_kernel") is True
+    assert any(r.startswith("Liger kernels on") for r in eager.reasons)
+    assert not any(r.startswith("Liger kernels off") for r in eager.reasons)
 
 
 def test_the_estimate_kwargs_are_those_of_the_chosen_settings() -> None:
@@ -424,6 +471,7 @@ def test_the_estimate_kwargs_are_those_of_the_chosen_settings() -> None:
     t = tuned_settings(_cfg(), small, model_config=LLAMA_3_1_8B, lengths=[200] * 900 + [1024] * 100,
                        flash_attn=False, liger=True, varlen=True, compile_ok=True)
     assert t.estimate_kwargs["gradient_checkpointing"] is True  # the settled choice, not the rejected try
+    assert t.estimate_kwargs["recompute_budget"] is not None
     again = estimate_memory(_cfg(), small.total_memory, suggest=False, **t.estimate_kwargs)
     assert again.peak_allocated == t.memory.peak_allocated
     big = tuned_settings(_cfg(), H100, model_config=LLAMA_3_1_8B, lengths=[200] * 1000, flash_attn=False,
