@@ -97,11 +97,13 @@ def build_model(arch: dict, attn: str, device: str):
     return model
 
 
-def trainer_class():
+def trainer_class(deferred: bool = False):
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    class Timed(SFTTrainer):
+    from core.training.syncfree import DeferredMetrics
+
+    class Timed(*((DeferredMetrics, SFTTrainer) if deferred else (SFTTrainer,))):
         """SFTTrainer that records the largest micro-batch (host-side, no sync)."""
 
         max_micro_tokens = 0
@@ -149,10 +151,10 @@ def trainer_class():
 
 
 def run_trainer(name: str, model, args, rows, *, arch: dict, steps: int, warmup: int, extra: dict,
-                estimate_fn=None, before_train=None, profile: bool = False) -> dict:
+                estimate_fn=None, before_train=None, profile: bool = False, deferred: bool = False) -> dict:
     from datasets import Dataset
 
-    Timed, Clock = trainer_class()
+    Timed, Clock = trainer_class(deferred)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         torch.cuda.synchronize()
@@ -312,7 +314,7 @@ def plain_trl(name, arch, rows, steps, warmup, device, *, batch=8, max_length=10
 
 
 def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_model=None, compile_layers=None,
-           varlen=None, attn=None, casts=None, profile=False, tweak=None, inductor=None, budget=None, **cfg_kw):
+           varlen=None, attn=None, casts=None, profile=False, tweak=None, inductor=None, budget=None, deferred=True, **cfg_kw):
     """The studio's automatic choices (core.training.performance.tuned_settings), applied as session.py does.
     ``inductor``: torch._inductor.config values to try; ``budget``: torch._functorch activation_memory_budget."""
     from trl import SFTConfig
@@ -331,6 +333,8 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
     tuned = tuned_settings(cfg, dev, model_config=arch, lengths=lengths, liger=liger, varlen=varlen)
     if casts is not None:
         tuned.skip_lora_input_casts = not casts
+    if not deferred:  # the step with TRL's per-step host reads, for comparison
+        tuned.sft_args.pop("accelerator_config", None)
     if budget is not None:
         tuned.recompute_budget = budget
         torch._functorch.config.activation_memory_budget = budget
@@ -364,6 +368,7 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
                                recompute_budget=tuned.recompute_budget if fused else None)
 
     extra = {"path": "studio", "attn": attn, "padding_free": padding_free, "inductor": inductor, "budget": budget,
+             "deferred_metrics": deferred,
              "checkpointing": bool(kwargs["gradient_checkpointing"]), "liger": bool(kwargs.get("use_liger_kernel")),
              "batch": kwargs["per_device_train_batch_size"], "accum": kwargs.get("gradient_accumulation_steps", 1),
              "reasons": tuned.reasons, "compiled_layers": tuned.compile_layers, "recompute_budget": tuned.recompute_budget,
@@ -375,7 +380,7 @@ def studio(name, arch, rows, steps, warmup, device, *, liger=None, four_bit_mode
         trainer.step_context = tuned.training_step_context
 
     result, trainer = run_trainer(name, model, args, rows, arch=arch, steps=steps, warmup=warmup, estimate_fn=est,
-                                  extra=extra, before_train=before_train, profile=profile)
+                                  extra=extra, before_train=before_train, profile=profile, deferred=deferred)
     record(result)
     return trainer
 
@@ -598,6 +603,13 @@ def experiments(qwen, llama, rows, device, steps):
                                                           batch=32, tweak=fused_recompute)),
             ("grid-llama8b-studio-b8-fused", lambda: studio("grid-llama8b-studio-b8-fused", llama, rows, 10, 4,
                                                             device, batch=8, tweak=fused_recompute)),
+        ],
+        "s3sync": [
+            ("Q-syncs", lambda: studio("Q-syncs", qwen, rows, qs, 5, device, deferred=False)),
+            ("Q-nosync", lambda: studio("Q-nosync", qwen, rows, qs, 5, device)),
+            ("L-syncs", lambda: studio("L-syncs", llama, rows, ls + 4, 6, device, deferred=False)),
+            ("L-nosync", lambda: studio("L-nosync", llama, rows, ls + 4, 6, device)),
+            ("L-nosync-prof", lambda: studio("L-nosync-prof", llama, rows, 12, 8, device, profile=True)),
         ],
         "s3host": [
             (f"Q-{label}", (lambda label=label, ind=ind: studio(f"Q-{label}", qwen, rows, qs, 5, device, inductor=ind)))

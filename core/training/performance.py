@@ -148,6 +148,14 @@ def tuned_settings(
             tuned.reasons.append("MPS: model.load_in_4bit is not supported here (bitsandbytes 4-bit training is "
                                  "CUDA-only in the studio); train 16/32-bit LoRA with a smaller model")
 
+    if cuda:
+        # pinned batches copied without a host wait (accelerate's DataLoader), like the metrics the trainer keeps on
+        # the GPU until it logs (core.training.syncfree): no per-step synchronisation
+        tuned.sft_args["accelerator_config"] = {"non_blocking": True}
+        tuned.sft_args["dataloader_pin_memory"] = True
+        tuned.reasons.append("no per-step host waits: batches go to the GPU asynchronously from pinned memory and "
+                             "TRL's entropy/accuracy metrics are read only when logged")
+
     # --- the architecture (choices that need it stay conservative when it cannot be read) ----------------------
     model_type, hidden = None, 0
     try:

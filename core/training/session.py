@@ -221,7 +221,9 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         )
     stats = BatchStats()
 
-    class StudioTrainer(SFTTrainer):
+    from core.training.syncfree import DeferredMetrics
+
+    class StudioTrainer(DeferredMetrics, SFTTrainer):
         def training_step(self, model, inputs, num_items_in_batch=None):
             stats.add_batch(inputs)  # what this micro-batch trains: supervised tokens, padding share
             with tuned.training_step_context():
