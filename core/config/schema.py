@@ -239,7 +239,8 @@ class TrainingSettings:
     )
     gradient_checkpointing: bool | None = _hardware(
         None,
-        "Recompute activations to save memory at some speed cost; null lets the studio decide from the device.",
+        "Recompute activations to save memory at some speed cost (true: transformers' gradient checkpointing); "
+        "null lets the studio decide, and on a GPU it recomputes inside the compiled layers when memory asks for it.",
         advanced=True,
     )
     torch_compile: bool | None = _hardware(

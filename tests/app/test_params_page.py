@@ -193,3 +193,32 @@ def test_dry_run_trains_three_steps_in_a_child_and_reports_speed_and_eta(qtbot, 
     finally:
         page.shutdown()
         session.shutdown()
+
+
+def test_fit_check_names_how_a_gpu_run_recomputes(page, tmp_path):
+    """On a GPU the fit check describes what training will do: recomputation inside the compiled layers (QLoRA or a
+    run that would not fit) reads differently from transformers' checkpointing."""
+    from core.config import RunConfig
+    from core.training.devices import DeviceInfo
+    from core.training.memory import estimate_memory
+    from core.training.performance import tuned_settings
+
+    cfg = RunConfig()
+    cfg.model.load_in_4bit = True
+    h100 = DeviceInfo("cuda", "NVIDIA H100", 80 * 2**30, True)
+    arch = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}
+    tuned = tuned_settings(cfg, h100, model_config=arch, flash_attn=False, liger=True, varlen=True, compile_ok=True)
+    est = estimate_memory(cfg, h100.total_memory, **tuned.estimate_kwargs)
+    shown = {"breakdown": est.breakdown(), "total": est.total, "device_total": est.device_total,
+             "verdict": est.verdict, "suggestions": [], "assumptions": est.assumptions}
+    page._show_estimate(shown, {"kind": "cuda", "name": "NVIDIA H100"})
+    text = page.breakdown_label.text()
+    assert "activations recomputed in the compiled layers" in text and "gradient checkpointing" not in text
+    assert "4-bit" in text and text.count("compiled layers") == 1
+    page.grab().save(str(tmp_path / "fit-check-qlora.png"))
+
+    shown["assumptions"] = {**est.assumptions, "recompute_budget": None, "compiled": False}
+    page._show_estimate(shown, {"kind": "cuda", "name": "NVIDIA H100"})
+    assert "gradient checkpointing on" in page.breakdown_label.text()
+    assert "compiled layers" not in page.breakdown_label.text()
