@@ -425,6 +425,44 @@ def test_compile_decoder_layers_keeps_the_results():
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
 
 
+def test_compiled_recompute_keeps_less_for_the_backward_and_the_same_gradients():
+    """What the studio does when a run must recompute (QLoRA, or a run that would not fit): the compiled layers keep
+    about half of what eager layers keep for the backward, and the gradients do not change."""
+    import torch._functorch.config as functorch_config
+
+    ids = torch.randint(1, TINY["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(3))
+
+    def step(recompute: bool):
+        torch.manual_seed(0)
+        model = _tiny_peft()
+        if recompute:
+            compile_decoder_layers(model, recompute_budget=RECOMPUTE_BUDGET)
+        kept = [0]
+
+        def pack(t):
+            kept[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return loss.detach(), grads, kept[0]
+
+    budget = functorch_config.activation_memory_budget
+    torch._dynamo.reset()
+    try:
+        eager_loss, eager_grads, eager_kept = step(False)
+        loss, grads, kept = step(True)
+        assert functorch_config.activation_memory_budget == RECOMPUTE_BUDGET
+    finally:
+        functorch_config.activation_memory_budget = budget
+        torch._dynamo.reset()
+    torch.testing.assert_close(loss, eager_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads, eager_grads, atol=1e-5, rtol=1e-4)
+    assert kept < 0.7 * eager_kept
+
+
 # ---------------------------------------------------------------------------------------------------- memory
 
 
