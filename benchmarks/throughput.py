@@ -6,7 +6,11 @@ measured peaks.
     python benchmarks/throughput.py --out OUT [--only qwen,llama,qlora,grid,lab:L-auto] [--tiny]
 
 Writes one JSON object per experiment to OUT/results.jsonl and prints a table. ``--tiny`` runs a 2-layer model
-on the CPU to check the script itself.
+on the CPU to check the script itself. Groups (``--only group`` or ``group:experiment``): qwen, llama (plain vs
+studio), qlora (save, plain, studio 60 steps with the save/reload/merge round trip), grid, grid8b (memory grid),
+lab (attention check and ablation), s3q / qlora1b (1B QLoRA round trips, recomputation variants), s3q8 (8B QLoRA
+recomputation variants), s3fused (16-bit runs that must recompute), s3sync (per-step host waits on/off), s3host
+(inductor settings). What each measured is in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
