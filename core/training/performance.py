@@ -212,9 +212,12 @@ def tuned_settings(
     # regional compilation is planned on CUDA whenever the architecture is known and the run file does not ask for
     # transformers' gradient checkpointing (which must run eagerly); when memory needs recomputation the compiled
     # layers do it themselves (below)
+    # (not under fsdp/deepspeed: they wrap and re-shard the layers, and that pairing has not been measured here)
+    dist = config.distributed
+    sharded = dist.num_processes > 1 and dist.strategy != "ddp"
     compile_planned = tc.torch_compile is True or (
         tc.torch_compile is None and cuda and compile_ok and model_config is not None
-        and tc.gradient_checkpointing is not True)
+        and tc.gradient_checkpointing is not True and not sharded)
     if use_liger and compile_planned:
         use_liger = False
         tuned.reasons.append("Liger kernels off: the compiled decoder layers fuse the same norms, SwiGLU and rotary")
@@ -307,6 +310,7 @@ def tuned_settings(
                "launch overhead" if compile_choice else
                "off: " + ("not a CUDA run" if not cuda else "the run file asks for gradient checkpointing"
                           if tc.gradient_checkpointing else "unknown architecture" if model_config is None
+                          else f"distributed.strategy {dist.strategy} shards the layers" if sharded
                           else "no working Triton/inductor here"))
         tuned.reasons.append(f"torch.compile of the decoder layers {why}")
     elif compile_choice and tc.gradient_checkpointing:

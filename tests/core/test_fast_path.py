@@ -288,6 +288,19 @@ def test_qlora_without_inductor_uses_gradient_checkpointing():
     _reason(t, "torch.compile of the decoder layers off", "Triton")
 
 
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_zero3"])
+def test_sharded_runs_keep_eager_layers_and_transformers_checkpointing(strategy):
+    c = _cfg()
+    c.model.load_in_4bit = True
+    c.distributed.num_processes, c.distributed.strategy = 2, strategy
+    t = _fast(c)
+    assert t.compile_layers is False and t.recompute_budget is None
+    assert t.sft_args["gradient_checkpointing"] is True
+    _reason(t, "torch.compile of the decoder layers off", strategy)
+    c.distributed.strategy = "ddp"
+    assert _fast(c).compile_layers is True
+
+
 def test_run_file_checkpointing_is_transformers_checkpointing_without_compile():
     c = _cfg(gradient_checkpointing=True)
     c.model.load_in_4bit = True
