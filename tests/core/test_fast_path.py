@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.architectures import LLAMA_3_1_8B, QWEN2_5_0_5B
+from benchmarks.architectures import LLAMA_3_1_8B, LLAMA_3_2_1B, QWEN2_5_0_5B
 from core.config import RunConfig
 from core.training import attention
 from core.training.devices import DeviceInfo
@@ -551,3 +551,29 @@ def test_fit_check_on_a_gpu_estimates_the_settings_training_will_use(tmp_path, m
                         lambda preference="auto": DeviceInfo("cpu", "CPU", None, False))
     cpu = core.probe.probe(str(path))["estimate"]
     assert cpu["auto_choices"] == [] and cpu["assumptions"]["padding_free"] is False
+
+
+# Peaks measured on an H100 (benchmarks/RESULTS.md, raw files 2026-11-23/24) for runs that recompute activations:
+# (label, architecture, 4-bit, estimate_memory arguments, measured max_memory_allocated in GiB)
+_RECOMPUTE_MEASURED = [
+    ("0.5B b32, transformers' checkpointing", QWEN2_5_0_5B, False, {}, 1.894),
+    ("0.5B b32, compiled recompute", QWEN2_5_0_5B, False, {"compiled": True, "recompute_budget": 0.0}, 2.300),
+    ("1B QLoRA, checkpointing + Liger", LLAMA_3_2_1B, True, {"liger": True, "tokens": 2879, "micro_batch": 8}, 1.555),
+    ("1B QLoRA, checkpointing", LLAMA_3_2_1B, True, {"tokens": 2879, "micro_batch": 8}, 1.630),
+    ("8B QLoRA, checkpointing + Liger", LLAMA_3_1_8B, True, {"liger": True, "tokens": 2638, "micro_batch": 8}, 6.658),
+    ("8B QLoRA, compiled recompute", LLAMA_3_1_8B, True,
+     {"compiled": True, "recompute_budget": 0.0, "tokens": 2879, "micro_batch": 8}, 7.098),
+    ("8B LoRA b8, compiled recompute", LLAMA_3_1_8B, False,
+     {"compiled": True, "recompute_budget": 0.0, "tokens": 2638, "micro_batch": 8}, 16.820),
+]
+
+
+@pytest.mark.parametrize("label, arch, four_bit, kw, measured", _RECOMPUTE_MEASURED,
+                         ids=[m[0] for m in _RECOMPUTE_MEASURED])
+def test_recomputing_runs_are_estimated_within_15_percent_of_h100_peaks(label, arch, four_bit, kw, measured):
+    c = _cfg()
+    c.lora.lora_alpha = 32
+    c.model.load_in_4bit = four_bit
+    args = {"micro_batch": 32, "tokens": 7829, "padding_free": True, "attn": attention.NAME, **kw}
+    est = estimate_memory(c, model_config=arch, gradient_checkpointing=True, device_kind="cuda", **args)
+    assert est.peak_allocated / 2**30 == pytest.approx(measured, rel=0.15), label
