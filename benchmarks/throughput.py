@@ -414,31 +414,19 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
     """Save random bf16 weights, load them in NF4 (double quantisation, bf16 compute), train (plain TRL and the
     studio path), save the adapter, reload it, merge it into the 16-bit base."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     if not (folder / "config.json").exists():
-        t0 = time.perf_counter()
-        m = build_model(arch, "sdpa", device)
-        m.save_pretrained(folder)
-        tokenizer().save_pretrained(folder)
-        del m
+        save_random(arch, device, folder)
         free()
-        print(f"saved random {folder.name} in {time.perf_counter() - t0:.0f}s", flush=True)
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.bfloat16)
 
-    def load4(attn):
-        t0 = time.perf_counter()
-        m = AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb, dtype=torch.bfloat16,
-                                                 device_map={"": 0}, attn_implementation=attn)
-        print(f"loaded 4-bit in {time.perf_counter() - t0:.0f}s, {torch.cuda.memory_allocated() / GiB:.2f} GiB",
-              flush=True)
-        return m
+    def load(attn="sdpa"):
+        return load4(folder, attn)
 
     if baseline:
-        guarded(plain_trl, "qlora-plain-trl", arch, rows, steps, warmup, device, model=load4("sdpa"))
+        guarded(plain_trl, "qlora-plain-trl", arch, rows, steps, warmup, device, model=load())
         free()
-    trainer = guarded(studio, name, arch, rows, steps, warmup, device, four_bit_model=load4, **studio_kw)
+    trainer = guarded(studio, name, arch, rows, steps, warmup, device, four_bit_model=load, **studio_kw)
     if trainer is None or not roundtrip:
         return
     # end to end: save, reload, merge into a 16-bit base
@@ -471,7 +459,7 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
         out["adapter_files"] = sorted(p.name for p in adapter.iterdir())
         del trainer
         free()
-        base4 = load4("sdpa")
+        base4 = load()
         out["loss_base_4bit"] = loss_of(base4)
         diffs = sorted(((float((p.detach().float().cpu() - base_after[n]).abs().max()), n)
                         for n, p in base4.named_parameters() if n in base_after), reverse=True)
@@ -491,7 +479,7 @@ def qlora(arch, rows, steps, warmup, device, folder: Path, baseline: bool = True
         del reloaded, base4
         free()
         if train_attn != "sdpa":  # the same reload with the attention the run trained with
-            out["loss_reloaded_4bit_train_attn"] = loss_of(PeftModel.from_pretrained(load4(train_attn), adapter))
+            out["loss_reloaded_4bit_train_attn"] = loss_of(PeftModel.from_pretrained(load(train_attn), adapter))
             free()
         base16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": 0},
                                                       attn_implementation="sdpa")
@@ -530,6 +518,16 @@ def environment() -> dict:
 def experiments(qwen, llama, rows, device, steps):
     qs, ls = (steps or 40), (steps or 16)
     folder = Path("/tmp/llama8b-random")
+    folder1b = Path("/tmp/llama1b-random")
+    q1b_roundtrips = [
+        ("q1b-save", lambda: save_random(LLAMA_3_2_1B, device, folder1b)),
+        ("q1b-liger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, folder1b, baseline=False, name="q1b-liger",
+                                    lr=1e-3)),
+        ("q1b-noliger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, folder1b, baseline=False,
+                                      name="q1b-noliger", lr=1e-3, liger=False)),
+    ]
+    inductor_tries = (("auto", None), ("cpp", {"cpp_wrapper": True}), ("combo", {"combo_kernels": True}),
+                      ("cpp-combo", {"cpp_wrapper": True, "combo_kernels": True}))
     return {
         "qwen": [
             ("qwen0.5b-plain-trl", lambda: plain_trl("qwen0.5b-plain-trl", qwen, rows, qs, 5, device)),
@@ -576,16 +574,11 @@ def experiments(qwen, llama, rows, device, steps):
             ("L-auto", lambda: studio("L-auto", llama, rows, ls + 4, 8, device)),
             ("L-auto-prof", lambda: studio("L-auto-prof", llama, rows, 12, 8, device, profile=True)),
         ],
-        "s3q": [
-            ("q1b-save", lambda: save_random(LLAMA_3_2_1B, device, Path("/tmp/llama1b-random"))),
-            ("q1b-liger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, Path("/tmp/llama1b-random"),
-                                        baseline=False, name="q1b-liger", lr=1e-3)),
-            ("q1b-noliger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, Path("/tmp/llama1b-random"),
-                                          baseline=False, name="q1b-noliger", lr=1e-3, liger=False)),
-            ("q1b-compile-ck", lambda: qlora(LLAMA_3_2_1B, rows, 24, 8, device, Path("/tmp/llama1b-random"),
+        "s3q": q1b_roundtrips + [
+            ("q1b-compile-ck", lambda: qlora(LLAMA_3_2_1B, rows, 24, 8, device, folder1b,
                                              baseline=False, name="q1b-compile-ck", roundtrip=False,
                                              compile_layers=True)),
-            ("q1b-compile-budget", lambda: qlora(LLAMA_3_2_1B, rows, 24, 8, device, Path("/tmp/llama1b-random"),
+            ("q1b-compile-budget", lambda: qlora(LLAMA_3_2_1B, rows, 24, 8, device, folder1b,
                                                  baseline=False, name="q1b-compile-budget", roundtrip=False,
                                                  compile_layers=True, checkpointing=False, budget=0.1)),
         ],
@@ -617,22 +610,14 @@ def experiments(qwen, llama, rows, device, steps):
         ],
         "s3host": [
             (f"Q-{label}", (lambda label=label, ind=ind: studio(f"Q-{label}", qwen, rows, qs, 5, device, inductor=ind)))
-            for label, ind in (("auto", None), ("cpp", {"cpp_wrapper": True}), ("combo", {"combo_kernels": True}),
-                               ("cpp-combo", {"cpp_wrapper": True, "combo_kernels": True}))
+            for label, ind in inductor_tries
         ],
         "s3host8b": [
             (f"L-{label}", (lambda label=label, ind=ind: studio(f"L-{label}", llama, rows, ls + 4, 8, device,
                                                                inductor=ind)))
-            for label, ind in (("auto", None), ("cpp", {"cpp_wrapper": True}), ("combo", {"combo_kernels": True}),
-                               ("cpp-combo", {"cpp_wrapper": True, "combo_kernels": True}))
+            for label, ind in inductor_tries
         ],
-        "qlora1b": [
-            ("q1b-save", lambda: save_random(LLAMA_3_2_1B, device, Path("/tmp/llama1b-random"))),
-            ("q1b-liger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, Path("/tmp/llama1b-random"),
-                                        baseline=False, name="q1b-liger", lr=1e-3)),
-            ("q1b-noliger", lambda: qlora(LLAMA_3_2_1B, rows, 40, 4, device, Path("/tmp/llama1b-random"),
-                                          baseline=False, name="q1b-noliger", lr=1e-3, liger=False)),
-        ],
+        "qlora1b": q1b_roundtrips,
         "qlora": [
             ("qlora-save", lambda: save_random(llama, device, folder)),
             ("qlora-plain-trl", lambda: qlora_plain(llama, rows, steps or 20, 4, device, folder)),

@@ -153,8 +153,9 @@ def tuned_settings(
         # the GPU until it logs (core.training.syncfree): no per-step synchronisation
         tuned.sft_args["accelerator_config"] = {"non_blocking": True}
         tuned.sft_args["dataloader_pin_memory"] = True
-        tuned.reasons.append("no per-step host waits: batches go to the GPU asynchronously from pinned memory and "
-                             "TRL's entropy/accuracy metrics are read only when logged")
+        tuned.reasons.append("no per-step host waits: batches go to the GPU asynchronously from pinned memory"
+                             + (" and TRL's entropy/accuracy metrics are read only when logged"
+                                if config.distributed.num_processes == 1 else ""))
 
     # --- the architecture (choices that need it stay conservative when it cannot be read) ----------------------
     model_type, hidden = None, 0

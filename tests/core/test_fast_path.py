@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tuning_setup import CPU, H100, LENGTHS, MPS
+from tuning_setup import lora_run_config as _cfg
 
 from benchmarks.architectures import LLAMA_3_1_8B, LLAMA_3_2_1B, QWEN2_5_0_5B
-from core.config import RunConfig
 from core.training import attention
 from core.training.devices import DeviceInfo
 from core.training.memory import estimate_memory, load_model_config
@@ -22,23 +23,10 @@ from core.training.performance import (
     tuned_settings,
 )
 
-H100 = DeviceInfo("cuda", "NVIDIA H100", 80 * 2**30, True)
-MPS = DeviceInfo("mps", "Apple MPS", None, False)
-CPU = DeviceInfo("cpu", "CPU", None, False)
-LENGTHS = [200] * 900 + [1024] * 100
-
 # a tiny Llama (GQA: 4 query heads over 2 key/value heads), as in benchmarks/throughput.py
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": False}
 SEQ_LENS = (7, 12, 5)  # three rows of different lengths, packed into one padding-free row
-
-
-def _cfg(**training):
-    c = RunConfig()
-    c.lora.r, c.lora.lora_dropout = 16, 0.0
-    for k, v in training.items():
-        setattr(c.training, k, v)
-    return c
 
 
 # ------------------------------------------------------------------------------------------- the attention kernel

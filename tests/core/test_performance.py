@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
+from tuning_setup import CPU, H100, LENGTHS, MPS, SMALL_GPU
+from tuning_setup import lora_run_config as _cfg
+
 from benchmarks.architectures import LLAMA_3_1_8B, QWEN2_5_0_5B
-from core.config import RunConfig
-from core.training.devices import DeviceInfo
 from core.training.performance import tuned_settings
-
-H100 = DeviceInfo("cuda", "NVIDIA H100", 80 * 2**30, True)
-SMALL_GPU = DeviceInfo("cuda", "RTX 4060", 8 * 2**30, True)
-MPS = DeviceInfo("mps", "Apple MPS", None, False)
-CPU = DeviceInfo("cpu", "CPU", None, False)
-LENGTHS = [200] * 900 + [1024] * 100
-
-
-def _cfg(**training):
-    c = RunConfig()
-    c.lora.r, c.lora.lora_dropout = 16, 0.0
-    for k, v in training.items():
-        setattr(c.training, k, v)
-    return c
 
 
 def test_cuda_fast_path_big_gpu():
