@@ -369,20 +369,49 @@ def _method(config: RunConfig) -> str:
     return name
 
 
-def model_card(run: RunArtifacts, kind: str = "adapter", name: str | None = None) -> str:
-    """A README.md for the export: base model, data, method, hyperparameters, final losses and how to load it."""
+def base_identity(run: RunArtifacts) -> Any:
+    """The run's base model as tools outside the studio name it (core.provenance): recorded at training time."""
+    from core.provenance import read_base
+
+    return read_base(run.run_dir, run.config.model.name_or_path, run.run_dir)
+
+
+def _load_base_lines(identity: Any, var: str = "base") -> list[str]:
+    """``base = AutoModelForCausalLM.from_pretrained(...)`` for the portable base: a Hub id (+ revision), a
+    local folder, or a local GGUF file (``gguf_file=``, dequantised by transformers as in training)."""
+    if identity.hub_id:
+        revision = f", revision={json.dumps(identity.revision)}" if identity.revision else ""
+        return [f"{var} = AutoModelForCausalLM.from_pretrained({json.dumps(identity.hub_id)}{revision}, dtype=\"auto\")"]
+    if identity.gguf_file and identity.local_path:
+        folder, file = str(Path(identity.local_path).parent), Path(identity.local_path).name
+        return [f"{var} = AutoModelForCausalLM.from_pretrained({json.dumps(folder)}, gguf_file={json.dumps(file)})"]
+    return [f"{var} = AutoModelForCausalLM.from_pretrained({json.dumps(identity.loadable)}, dtype=\"auto\")"]
+
+
+def model_card(run: RunArtifacts, kind: str = "adapter", name: str | None = None, location: str | None = None,
+               extra_lines: list[str] | None = None) -> str:
+    """A README.md for the export: base model (its Hub id where known), data, method, hyperparameters, final
+    losses and how to load it. ``location`` is where the export lives (its folder, or the Hub repository) so the
+    snippets run as written; ``extra_lines`` are appended under "How to use it" (e.g. local-runner commands)."""
     cfg, s = run.config, run_summary(run)
     lc, tc = cfg.lora, cfg.training
     name = name or run.run_dir.name
-    base = cfg.model.name_or_path
+    identity = base_identity(run)
+    where = location or "path/to/this/folder"
     dataset = Path(cfg.data.path).name if Path(cfg.data.path).exists() else cfg.data.path
-    front = ["---", f"base_model: {json.dumps(base)}" if "/" in base and not Path(base).exists() else None,
+    front = ["---", f"base_model: {identity.hub_id}" if identity.hub_id else None,
              "library_name: peft" if kind == "adapter" else "library_name: transformers",
              "tags:", "- sft", "- trl", "- sft-studio"]
     if kind == "adapter" and lc.enabled:
         front.append("- lora")
     front.append("---")
     lines = [line for line in front if line is not None]
+    base_row = f"`{identity.hub_id or identity.local_path or identity.spec}`"
+    if identity.revision:
+        base_row += f" (revision `{identity.revision[:12]}`)"
+    if identity.gguf_file:
+        base_row += (f"; trained on the GGUF file `{identity.gguf_file}`"
+                     f"{' (' + identity.quantization + ')' if identity.quantization else ''}, dequantised")
     lines += [
         f"# {name}",
         "",
@@ -393,7 +422,7 @@ def model_card(run: RunArtifacts, kind: str = "adapter", name: str | None = None
         "",
         "| | |",
         "|---|---|",
-        f"| Base model | `{base}` |",
+        f"| Base model | {base_row} |",
         f"| Dataset | `{dataset}` (format: {cfg.data.format}, loss on: {cfg.data.train_on}) |",
         f"| Method | {_method(cfg)} |",
     ]
@@ -416,33 +445,62 @@ def model_card(run: RunArtifacts, kind: str = "adapter", name: str | None = None
         "## How to use it",
         "",
     ]
+    chat = [
+        'messages = [{"role": "user", "content": "Hello!"}]',
+        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+        "return_dict=True)",
+        "output = model.generate(**inputs, max_new_tokens=64)",
+        "print(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))",
+    ]
     if kind == "adapter":
+        if identity.hub_id or (identity.local_path and not identity.gguf_file):
+            lines += [
+                "With PEFT, which reads the base model from `adapter_config.json`:",
+                "",
+                "```python",
+                "from peft import AutoPeftModelForCausalLM",
+                "from transformers import AutoTokenizer",
+                "",
+                f"model = AutoPeftModelForCausalLM.from_pretrained({json.dumps(where)}, dtype=\"auto\")",
+                f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(where)})  # carries the chat template",
+                *chat,
+                "```",
+                "",
+                "or with the base model loaded explicitly (for example from a local copy):",
+                "",
+            ]
+        else:
+            lines += ["With PEFT and transformers (the base is a local GGUF file, which transformers dequantises):",
+                      ""]
         lines += [
-            "With PEFT and transformers:",
-            "",
             "```python",
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f'base = AutoModelForCausalLM.from_pretrained("{base}", dtype="auto")',
-            'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
-            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # carries the chat template',
-            'messages = [{"role": "user", "content": "Hello!"}]',
-            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")",
-            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0]))",
+            *_load_base_lines(identity),
+            f"model = PeftModel.from_pretrained(base, {json.dumps(where)})",
+            f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(where)})  # carries the chat template",
+            *chat,
             "```",
-            "",
-            "With vLLM (LoRA serving):",
-            "",
-            "```bash",
-            f"vllm serve {base} --enable-lora --lora-modules {_slug(name)}=path/to/this/folder"
-            f" --max-lora-rank {max(lc.r, 8)}",
-            "```",
-            "",
-            f"then ask for model `{_slug(name)}` in the OpenAI-compatible API. The adapter was trained with the chat "
-            "template saved here (`chat_template.jinja` / `tokenizer_config.json`); pass it to vLLM with "
-            "`--chat-template` if it differs from the base model's.",
         ]
+        if identity.hub_id:
+            lines += [
+                "",
+                "With vLLM (LoRA serving):",
+                "",
+                "```bash",
+                f"vllm serve {identity.hub_id}{' --revision ' + identity.revision if identity.revision else ''} "
+                f"--enable-lora --lora-modules {_slug(name)}={where} --max-lora-rank {_vllm_rank(lc.r)}",
+                "```",
+                "",
+                f"then ask for model `{_slug(name)}` in the OpenAI-compatible API. The adapter was trained with the "
+                "chat template saved here (`chat_template.jinja` / `tokenizer_config.json`); pass it to vLLM with "
+                "`--chat-template` if it differs from the base model's.",
+            ]
+        if identity.gguf_file:
+            lines += ["", f"The adapter was trained on a dequantised GGUF copy of the base (`{identity.gguf_file}`); "
+                          "on the original 16-bit weights it behaves very nearly, not bit-for-bit, the same. For an "
+                          "exact model, export the merged model or GGUF from SFT Studio."]
     elif kind == "merged":
         lines += [
             "The adapter is merged into the base weights; load it like any model:",
@@ -450,18 +508,29 @@ def model_card(run: RunArtifacts, kind: str = "adapter", name: str | None = None
             "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder", dtype="auto")',
-            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            f"model = AutoModelForCausalLM.from_pretrained({json.dumps(where)}, dtype=\"auto\")",
+            f"tokenizer = AutoTokenizer.from_pretrained({json.dumps(where)})",
+            *chat,
             "```",
             "",
-            "With vLLM: `vllm serve path/to/this/folder`.",
+            f"With vLLM: `vllm serve {where}`.",
         ]
     else:
-        lines += ["Load the `.gguf` file with llama.cpp (`llama-cli -m FILE.gguf -cnv`), Ollama or LM Studio."]
+        lines += ["Load the `.gguf` file with llama.cpp, Ollama or LM Studio:"]
+    if extra_lines:
+        lines += ["", *extra_lines]
     if cfg.model.load_in_4bit and kind != "adapter":
         lines += ["", "The adapter was trained on a 4-bit base and merged into the 16-bit base weights; answers can "
                       "differ slightly from the 4-bit model used in training."]
     return "\n".join(lines) + "\n"
+
+
+def _vllm_rank(r: int) -> int:
+    """vLLM's --max-lora-rank accepts 8, 16, 32, 64, ...: the smallest that holds ``r``."""
+    rank = 8
+    while rank < r:
+        rank *= 2
+    return rank
 
 
 def _slug(name: str) -> str:
@@ -473,7 +542,8 @@ def _slug(name: str) -> str:
 
 
 def export_adapter(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], *, overwrite: bool = False,
-                   device: str = "auto", dtype: str = "auto", progress: Progress | None = None) -> ExportResult:
+                   device: str = "auto", dtype: str = "auto", progress: Progress | None = None,
+                   card_location: str | None = None) -> ExportResult:
     """Write the adapter (PEFT files), tokenizer, chat template and a model card to ``dest``, verified by
     reloading the written adapter onto the base and comparing logits with the in-memory model."""
     run = open_run_dir(run_dir)
@@ -492,7 +562,11 @@ def export_adapter(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str]
         _say(progress, "writing the adapter")
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "README.md").write_text(model_card(run, "adapter"), encoding="utf-8")
+        from core.provenance import point_adapter_at_base
+
+        point_adapter_at_base(tmp, base_identity(run))
+        (tmp / "README.md").write_text(model_card(run, "adapter", location=card_location or str(target)),
+                                       encoding="utf-8")
         _say(progress, "verifying: reloading the written adapter")
         model.load_adapter(str(tmp), adapter_name="exported")
         model.set_adapter("exported")
@@ -520,7 +594,7 @@ def export_merged(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str],
     target = check_destination(dest, run, overwrite)
     with staged_folder(target, overwrite) as tmp:
         result = _write_merged(run, tmp, dtype, device, progress)
-        (tmp / "README.md").write_text(model_card(run, "merged"), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(run, "merged", location=str(target)), encoding="utf-8")
         result.files = _check_inside(tmp)
     result.path = str(target)
     return result
@@ -669,7 +743,7 @@ def push_to_hub(run_dir: str | os.PathLike[str], repo_id: str, *, private: bool 
                           "the internet and push again, or export the adapter to a folder and upload it later")
     with tempfile.TemporaryDirectory(prefix="sft-studio-push-") as tmp:
         folder = Path(tmp) / _slug(repo_id.split("/")[1])
-        result = export_adapter(run_dir, folder, progress=progress)
+        result = export_adapter(run_dir, folder, progress=progress, card_location=repo_id)
         _say(progress, f"uploading to {repo_id}")
         try:
             from huggingface_hub import HfApi

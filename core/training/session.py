@@ -141,6 +141,7 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
             lock.release()
     if is_main_rank():
         save_run_config(config, output_dir / "run.yaml")
+        _record_base_model(config, output_dir)
     handler = _setup_file_log(output_dir)
     own_writer = events is None
     if events is None:
@@ -159,7 +160,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
            extra_callbacks: list) -> TrainResult:
     from core.pipeline import build_training_rows, open_run
     from core.training.devices import choose_precision, detect_device
-    from core.training.distributed import precision_request, world_size
+    from core.training.distributed import is_main_rank, precision_request, world_size
 
     device = detect_device(config.training.device)
     precision = choose_precision(device, precision_request(config))
@@ -345,10 +346,11 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         raise
 
     adapter_dir = output_dir / "adapter"
+    base = _record_base_model(config, output_dir) if is_main_rank() else None
     if distributed:
-        _save_distributed(trainer, run.tokenizer, adapter_dir)
+        _save_distributed(trainer, run.tokenizer, adapter_dir, base)
     else:
-        _save_atomically(trainer, run.tokenizer, adapter_dir)
+        _save_atomically(trainer, run.tokenizer, adapter_dir, base)
     stopped_early = control.stop_reason is not None and trainer.state.global_step < trainer.state.max_steps
     events.emit("finished", adapter=str(adapter_dir), steps=trainer.state.global_step, total=trainer.state.max_steps,
                 train_loss=output.training_loss, stopped_early=stopped_early,
@@ -422,14 +424,34 @@ def _oom_hint(config: RunConfig) -> str:
     )
 
 
-def _save_atomically(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
+def _record_base_model(config: RunConfig, output_dir: Path) -> Any:
+    """Write ``base_model.json`` (the base's Hub id/revision or local path, core.provenance) and return it; a
+    failure to identify the base never stops training."""
+    from core.provenance import identify_base, read_base, record_base
+
+    try:
+        identity = read_base(output_dir, config.model.name_or_path) if (output_dir / "base_model.json").is_file() \
+            else identify_base(config.model.name_or_path)
+        record_base(identity, output_dir)
+        return identity
+    except Exception as exc:  # noqa: BLE001 - provenance is a record, not a reason to fail a run
+        log.warning("could not record the base model's identity: %s", _first_line(exc))
+        return None
+
+
+def _save_atomically(trainer: Any, tokenizer: Any, adapter_dir: Path, base: Any = None) -> None:
     """Write the adapter (+ tokenizer and chat template) into a temporary folder, then rename it into place,
-    so a crash while saving never leaves a half-written adapter."""
+    so a crash while saving never leaves a half-written adapter. ``adapter_config.json`` names the portable base
+    (a Hub id where one is known) instead of the path the studio loaded it from."""
     for stale in adapter_dir.parent.glob(adapter_dir.name + ".tmp-*"):  # left by a killed save; the run-dir
         shutil.rmtree(stale, ignore_errors=True)  # lock keeps other processes out of this folder
     tmp = adapter_dir.with_name(adapter_dir.name + f".tmp-{os.getpid()}-{int(time.time())}")
     trainer.model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if base is not None:
+        from core.provenance import point_adapter_at_base
+
+        point_adapter_at_base(tmp, base)
     _move_into_place(tmp, adapter_dir)
 
 
@@ -455,7 +477,7 @@ def _backend() -> str | None:
         return None
 
 
-def _save_distributed(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
+def _save_distributed(trainer: Any, tokenizer: Any, adapter_dir: Path, base: Any = None) -> None:
     """Several processes: every rank takes part (FSDP gathers the full state dict, a collective), rank 0 alone
     writes the adapter into a temporary folder and renames it into place, as :func:`_save_atomically` does."""
     accelerator = trainer.accelerator
@@ -467,5 +489,9 @@ def _save_distributed(trainer: Any, tokenizer: Any, adapter_dir: Path) -> None:
     if accelerator.is_main_process:
         tokenizer.save_pretrained(tmp)
         (tmp / "training_args.bin").unlink(missing_ok=True)
+        if base is not None:
+            from core.provenance import point_adapter_at_base
+
+            point_adapter_at_base(tmp, base)
         _move_into_place(tmp, adapter_dir)
     accelerator.wait_for_everyone()
