@@ -73,6 +73,16 @@ class MainWindow(QMainWindow):
         self.runs_page = RunsPage(self.session)
         self.chat_page = ChatPage(self.session)
         self.train_page.prepare_run_file = self._run_file_for_training
+        self.train_page.start_blockers = self._start_blockers
+        for signal in (self.session.config_changed, self.session.load_started, self.session.run_loaded,
+                       self.session.load_failed, self.session.audit_finished, self.params_page.dryRunFinished):
+            signal.connect(lambda *_a: self.train_page.refresh_start_button())
+        self.params_page.dry_button.clicked.connect(lambda *_a: self.train_page.refresh_start_button())
+        self.train_page.runEnded.connect(self._on_run_ended_while_closing)
+        self.params_page.dry_run_blocker = lambda: (
+            "a training is running on the Train page; a dry run beside it would measure both wrong"
+            if self.train_page.running else None)
+        self._closing_after_stop = False
         self.train_page.runEnded.connect(lambda _state: self.runs_page.refresh())
         self.train_page.runStarted.connect(self.runs_page.refresh)
         self.runs_page.resumeRequested.connect(self.resume_run)
@@ -179,23 +189,49 @@ class MainWindow(QMainWindow):
 
     # -- training -----------------------------------------------------------------------------------------
     def _run_file_for_training(self) -> Path | None:
-        """The run file the trainer reads: the saved one (saved first when modified), or a copy in the run folder."""
-        from core.config import save_run_config
+        """The run file the trainer reads. A saved, unmodified run file is used as it is. Otherwise the studio never
+        writes over the user's file (its comments and key order would be lost): the run's settings, with absolute
+        paths, go into ``<output_dir>/run.yaml`` — the run folder's own copy, which training writes anyway."""
+        from core.config import resolve_paths, save_run_config
 
-        if self.session.run_file is not None:
-            if self.session.dirty and not self._save_to(self.session.run_file):
-                return None
+        if self.session.run_file is not None and not self.session.dirty:
             return self.session.run_file
-        out = Path(str(self.session.config.output_dir))
-        path = out.parent / f"{out.name}.yaml"
+        base = self.session.run_file.parent if self.session.run_file is not None else Path.cwd()
+        config = resolve_paths(self.session.config, base)
+        path = Path(str(config.output_dir)) / "run.yaml"
         try:
-            save_run_config(self.session.config, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_run_config(config, path)
         except OSError as exc:
-            self._error("The run file cannot be saved", f"{path}: {exc}")
+            self._error("The run cannot start", f"{path.parent}: cannot write the run's settings there "
+                                                f"({exc.strerror or exc}); choose an output_dir you can write to")
             return None
-        self.session.mark_saved(path)
-        self._remember(str(path.resolve()))
+        if self.session.run_file is not None:
+            self.statusBar().showMessage(
+                f"Training the edited settings from {path}; {self.session.run_file.name} is unchanged "
+                "(File ▸ Save to keep the edits)", 10000)
         return path
+
+    def _start_blockers(self) -> list[str]:
+        """Why a new run cannot start now (the Train page disables Start and shows these)."""
+        from core.config import validate_run_config
+
+        reasons = []
+        s = self.session
+        if s.load_error:
+            first = s.load_error.strip().splitlines()[0] if s.load_error.strip() else "unknown error"
+            reasons.append(f"The data or the model does not load: {first} (see the Data page).")
+        elif s.loaded is not None and s.loaded.dataset is not None and s.report is not None:
+            trainable = getattr(s.report, "trainable_rows", None)
+            if trainable == 0:
+                reasons.append("No row of the data can be trained (see Problems on the Data page).")
+        problems = validate_run_config(s.config)
+        if problems:
+            reasons.append("The run file has problems: " + "; ".join(p.message for p in problems[:3])
+                           + " (see Hyperparameters).")
+        if self.params_page.dry_running:
+            reasons.append("A dry run is training (Hyperparameters page); wait for it or cancel it.")
+        return reasons
 
     def resume_run(self, run_dir: str) -> None:
         self.show_page("train")
@@ -337,20 +373,38 @@ class MainWindow(QMainWindow):
             if answer == QMessageBox.StandardButton.Save and not self.save_run_file():
                 event.ignore()
                 return
-        if self.confirm_close and self.train_page.running and QApplication.platformName() != "offscreen":
-            answer = QMessageBox.question(
-                self, "Training is running", "Stop the run (it saves a checkpoint and the adapter) and quit?",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
-                event.ignore()
-                return
+        if self.train_page.running:
+            if self.confirm_close and not self._closing_after_stop and QApplication.platformName() != "offscreen":
+                answer = QMessageBox.question(
+                    self, "Training is running", "Stop the run (it saves a checkpoint and the adapter) and quit?",
+                    QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                )
+                if answer != QMessageBox.StandardButton.Yes:
+                    event.ignore()
+                    return
+            # Never wait here: the GUI thread would freeze for as long as the current step takes. Ask the trainer to
+            # stop and save, show it, and close when the run has ended (Kill stays available on the Train page).
+            event.ignore()
+            if not self._closing_after_stop:
+                self._closing_after_stop = True
+                self.show_page("train")
+                self.train_page.stop()
+                self.train_page.banner.show_message(
+                    "info", "The trainer is finishing its current step and saving a checkpoint and the adapter; the "
+                    "studio closes when it has. Kill ends it now (work since the last checkpoint is lost).",
+                    "Stopping, then closing…")
+                self.statusBar().showMessage("Stopping the run, then closing…")
+            return
         settings().setValue("geometry", self.saveGeometry())
         self.train_page.shutdown()
         self.params_page.shutdown()
         self.chat_page.shutdown()
         self.workers_stopped = self.session.shutdown()
         super().closeEvent(event)
+
+    def _on_run_ended_while_closing(self, _state: str) -> None:
+        if self._closing_after_stop:
+            QTimer.singleShot(0, self.close)
 
     # -- waiting (screenshots, tests) -------------------------------------------------------------------
     def wait_until_idle(self, timeout_s: float = SCREENSHOT_TIMEOUT_S) -> bool:

@@ -13,6 +13,8 @@ import math
 import shlex
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,13 @@ class ParamsPage(QWidget):
         self.dry_button.setToolTip("Train 3 steps in a separate process into a temporary folder: measures the real "
                                    "peak memory and tokens/s and gives the ETA of the whole run")
         self.dry_button.clicked.connect(self.start_dry_run)
+        self.dry_run_blocker: Callable[[], str | None] | None = None  # set by the main window: a training runs
+        self._dry_clock = QTimer(self)
+        self._dry_clock.setInterval(1000)
+        self._dry_clock.timeout.connect(self._show_dry_status)
+        self._dry_cancelled = False
+        self._dry_started = 0.0
+        self._dry_status = ""
         self.dry_label = QLabel()
         self.dry_label.setWordWrap(True)
         self.dry_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -493,9 +502,20 @@ class ParamsPage(QWidget):
                                        if sugg else "")
 
     # -- dry run ----------------------------------------------------------------------------------------
+    @property
+    def dry_running(self) -> bool:
+        return self._dry is not None
+
     def start_dry_run(self) -> bool:
-        """Train three steps into a temporary folder under the supervisor; results in :attr:`dry_run_result`."""
+        """Train three steps into a temporary folder under the supervisor; results in :attr:`dry_run_result`.
+        While it runs the button cancels it and the label shows the elapsed time; it does not start while a real
+        training runs (two trainers would share one GPU and both measure wrong)."""
         if self._dry is not None:
+            self.cancel_dry_run()
+            return False
+        busy = self.dry_run_blocker() if self.dry_run_blocker is not None else None
+        if busy:
+            self.dry_label.setText(f"Dry run not started: {busy}")
             return False
         from app.workers.training_supervisor import TrainingSupervisor
 
@@ -515,15 +535,36 @@ class ParamsPage(QWidget):
         sup.finished.connect(self._on_dry_finished)
         self._dry = sup
         self._dry_failure: str | None = None
-        self.dry_button.setEnabled(False)
-        self.dry_label.setText("Dry run: starting the trainer…")
+        self._dry_cancelled = False
+        self._dry_started = time.monotonic()
+        self._dry_status = "starting the trainer"
+        self.dry_button.setText("Cancel dry run")
+        self._dry_clock.start()
+        self._show_dry_status()
         sup.start()
         return True
+
+    def cancel_dry_run(self) -> None:
+        """End the dry run now (it trains into a temporary folder: nothing is lost)."""
+        if self._dry is not None:
+            self._dry_cancelled = True
+            self._dry_status = "cancelling"
+            self._show_dry_status()
+            self._dry.kill()
+
+    def _show_dry_status(self) -> None:
+        if self._dry is None:
+            return
+        elapsed = int(time.monotonic() - self._dry_started)
+        self.dry_label.setText(f"Dry run: {self._dry_status}…   elapsed {elapsed // 60}:{elapsed % 60:02d}")
 
     def _on_dry_event(self, event: dict) -> None:
         self._dry_events.append(event)
         if event.get("type") == "progress":
-            self.dry_label.setText(f"Dry run: step {event.get('step')}/{event.get('total')}…")
+            self._dry_status = f"step {event.get('step')}/{event.get('total')}"
+        elif event.get("type") == "stage":
+            self._dry_status = str(event.get("message") or self._dry_status)
+        self._show_dry_status()
 
     def _on_dry_failed(self, kind: str, message: str, hint: str, _tail: str) -> None:
         self._dry_failure = f"{kind}: {message}" + (f" — {hint}" if hint else "")
@@ -532,7 +573,13 @@ class ParamsPage(QWidget):
         sup, self._dry = self._dry, None
         if sup is not None:
             sup.wait(5000)
-        self.dry_button.setEnabled(True)
+        self._dry_clock.stop()
+        self.dry_button.setText("Dry run (3 steps)")
+        if self._dry_cancelled:
+            self.dry_label.setText("Dry run cancelled.")
+            self.dry_run_result = None
+            self.dryRunFinished.emit({"cancelled": True})
+            return
         result = summarise_dry_run(self._dry_events, self.config)
         if self._dry_failure:
             result["error"] = self._dry_failure

@@ -32,8 +32,8 @@ from app.views.style import Banner, mono_font, role_color
 
 MAX_LOG_LINES = 20_000
 
-IDLE, STARTING, RUNNING, PAUSED, STOPPING, FINISHED, FAILED, INTERRUPTED = (
-    "idle", "starting", "running", "paused", "stopping", "finished", "failed", "interrupted")
+IDLE, STARTING, RUNNING, PAUSED, STOPPING, FINISHED, STOPPED, FAILED, INTERRUPTED = (
+    "idle", "starting", "running", "paused", "stopping", "finished", "stopped", "failed", "interrupted")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -47,7 +47,7 @@ def format_duration(seconds: float | None) -> str:
 
 class TrainPage(QWidget):
     runStarted = Signal()
-    runEnded = Signal(str)  # the final state: finished | failed
+    runEnded = Signal(str)  # the final state: finished | stopped | failed
 
     def __init__(self, session: StudioSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -57,6 +57,8 @@ class TrainPage(QWidget):
         self.state = IDLE
         self.run_dir: Path | None = None
         self.prepare_run_file: Callable[[], Path | None] | None = None  # set by the main window
+        # set by the main window: why Start cannot be used now ([] = it can), e.g. the data does not load
+        self.start_blockers: Callable[[], list[str]] | None = None
         self.command_override: Sequence[str] | None = None  # tests: a fake child
         self.started_at: float | None = None
         self.last_event_time: float | None = None
@@ -154,6 +156,8 @@ class TrainPage(QWidget):
         self.clock.setInterval(1000)
         self.clock.timeout.connect(self._tick)
         self._progress_event: dict = {}
+        self._stage_event: dict = {}
+        self._progress_seen_at: float | None = None
         session.config_changed.connect(self._on_config_changed)
         self._set_state(IDLE)
         self._on_config_changed()
@@ -177,19 +181,35 @@ class TrainPage(QWidget):
     def running(self) -> bool:
         return self.state in (STARTING, RUNNING, PAUSED, STOPPING)
 
+    def blockers(self) -> list[str]:
+        """Why Start cannot be used now: [] when it can."""
+        if self.running:
+            return ["A run is training; stop it first."]
+        return list(self.start_blockers()) if self.start_blockers is not None else []
+
+    def refresh_start_button(self) -> None:
+        """Enable Start only when a run can start; the tooltip says why it cannot."""
+        reasons = self.blockers()
+        self.start_button.setEnabled(not reasons)
+        self.start_button.setToolTip("Start training in a separate process (your run file is not rewritten)"
+                                     if not reasons else "Start is unavailable: " + " ".join(reasons))
+
     def _set_state(self, state: str) -> None:
         self.state = state
         running = self.running
-        self.start_button.setEnabled(not running)
+        self.refresh_start_button()
         self.pause_button.setEnabled(state == RUNNING)
         self.resume_button.setEnabled(state == PAUSED)
         self.stop_button.setEnabled(state in (STARTING, RUNNING, PAUSED))
         self.kill_button.setEnabled(running)
         words = {IDLE: "Ready", STARTING: "Starting the trainer…", RUNNING: "Training", PAUSED: "Paused",
-                 STOPPING: "Stopping (saving a checkpoint)…", FINISHED: "Finished", FAILED: "Failed",
-                 INTERRUPTED: "Interrupted (no end recorded)"}
-        colour = {FAILED: "#d9534f", FINISHED: "#1f7a3a", PAUSED: "#b8860b", INTERRUPTED: "#b8860b"}.get(state)
+                 STOPPING: "Stopping (saving a checkpoint)…", FINISHED: "Finished", STOPPED: "Stopped",
+                 FAILED: "Failed", INTERRUPTED: "Interrupted (no end recorded)"}
+        colour = {FAILED: "#d9534f", FINISHED: "#1f7a3a", PAUSED: "#b8860b", INTERRUPTED: "#b8860b",
+                  STOPPED: "#b8860b"}.get(state)
         text = words[state]
+        if state == STOPPED:
+            text += f" at {_step_of(self.finished_event)}"
         if self.run_dir is not None and state not in (IDLE,):
             text += f" — {self.run_dir}"
         self.state_label.setText(f"<b style='color:{colour}'>{html.escape(text)}</b>" if colour else
@@ -216,6 +236,16 @@ class TrainPage(QWidget):
         """Start training the session's config (or resume the run in ``resume_dir``)."""
         if self.running:
             return False
+        if resume_dir is None:
+            reasons = self.blockers()
+            if reasons:
+                self.banner.show_message("error", "\n".join(reasons), "Training cannot start:")
+                self.refresh_start_button()
+                return False
+            busy = _busy_reason(Path(str(self.session.config.output_dir)))
+            if busy:
+                self.banner.show_message("error", busy, "Training cannot start:")
+                return False
         from app.workers.training_supervisor import TrainingSupervisor
         from core.config import validate_run_config
 
@@ -292,6 +322,8 @@ class TrainPage(QWidget):
         self.data_event: dict = {}
         self.finished_event: dict = {}
         self._progress_event = {}
+        self._stage_event = {}
+        self._progress_seen_at = None
         self.started_at = None
         self.last_event_time = None
         self.banner.clear()
@@ -323,8 +355,13 @@ class TrainPage(QWidget):
         elif kind == "data":
             self.data_event = event
             self._update_info()
+        elif kind == "stage":
+            self._stage_event = event
+            self.append_log(f"start-up {event.get('index')}/{event.get('total')}: {event.get('message')}")
+            self._update_progress()
         elif kind == "progress":
             self._progress_event = event
+            self._progress_seen_at = time.time()
             if self.state == STARTING:
                 self._set_state(RUNNING)
             self._update_progress()
@@ -378,6 +415,9 @@ class TrainPage(QWidget):
 
     def _update_progress(self) -> None:
         e = self._progress_event
+        if not e:
+            self._update_startup()
+            return
         step, total = e.get("step"), e.get("total")
         if isinstance(step, int) and isinstance(total, int) and total > 0:
             self.progress.setRange(0, total)
@@ -385,6 +425,8 @@ class TrainPage(QWidget):
             self.progress.setFormat(f"{100 * step / total:.0f} %")
         epoch = e.get("epoch")
         eta = e.get("eta_s") if self.running else None
+        if isinstance(eta, (int, float)) and self._progress_seen_at is not None and self.state == RUNNING:
+            eta = max(0.0, eta - (time.time() - self._progress_seen_at))  # counts down between steps
         parts = [f"step {step}/{total}" if total else f"step {step}"]
         if isinstance(epoch, (int, float)):
             parts.append(f"epoch {epoch:.2f}")
@@ -393,9 +435,21 @@ class TrainPage(QWidget):
             parts.append(f"ETA {format_duration(eta)}")
         self.progress_label.setText("   ·   ".join(parts))
 
+    def _update_startup(self) -> None:
+        """Before the first step: the start-up stage the trainer reported, with elapsed time (the bar is busy)."""
+        stage = self._stage_event
+        if self.state in (STARTING, RUNNING):
+            self.progress.setRange(0, 0)  # busy: the length of model loading / compiling is unknown
+            what = (f"{stage.get('message')} (stage {stage.get('index')} of {stage.get('total')})" if stage
+                    else "starting the trainer process")
+            self.progress_label.setText(f"{what}   ·   elapsed {format_duration(self._elapsed())}")
+        elif self.state in (FAILED, STOPPED, FINISHED, INTERRUPTED) and stage:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.progress_label.setText(f"ended before the first step, while {stage.get('message')}")
+
     def _tick(self) -> None:
-        if self._progress_event:
-            self._update_progress()
+        self._update_progress()
 
     def _update_info(self) -> None:
         s, d, f = self.started_event, self.data_event, self.finished_event
@@ -436,13 +490,31 @@ class TrainPage(QWidget):
             self._set_state(FAILED)
             self._notify("Training failed", self.failure[1])
         else:
-            self._set_state(FINISHED)
-            self.banner.clear() if not self.warnings else None
+            self._show_end()
             steps = self.finished_event.get("steps")
             early = " (stopped early)" if self.finished_event.get("stopped_early") else ""
-            self._notify("Training finished", f"{steps} steps{early}; adapter in {self.finished_event.get('adapter')}")
+            self._notify("Training stopped" if early else "Training finished",
+                         f"{steps} steps{early}; adapter in {self.finished_event.get('adapter')}")
         self._update_progress()
         self.runEnded.emit(self.state)
+
+    def _show_end(self) -> None:
+        """Finished, or stopped before the last step: the label, and for a stop how to go on."""
+        f = self.finished_event
+        if f.get("stopped_early"):
+            self._set_state(STOPPED)
+            reason = f.get("stop_reason")
+            text = (f"Stopped at {_step_of(f)}{' (' + str(reason) + ')' if reason else ''}. The adapter of step "
+                    f"{f.get('steps')} is saved in {f.get('adapter')}. To train the remaining steps, resume it on the "
+                    f"Runs page, or run `sft-studio train --config {Path(str(self.run_dir or '')) / 'run.yaml'} "
+                    "--resume`.")
+            if self.warnings:
+                text += "\nWarnings: " + "\n".join(self.warnings[-3:])
+            self.banner.show_message("warning", text, "Stopped early:")
+        else:
+            self._set_state(FINISHED)
+            if not self.warnings:
+                self.banner.clear()
 
     def _show_failure(self) -> None:
         assert self.failure is not None
@@ -497,7 +569,7 @@ class TrainPage(QWidget):
         if self._curves is not None:
             self._curves.redraw()
         if self.finished_event:
-            self._set_state(FINISHED)
+            self._show_end()
         elif self.failure is not None:
             self._show_failure()
             self._set_state(FAILED)
@@ -507,3 +579,24 @@ class TrainPage(QWidget):
                                      "it trained. Resume it from its last checkpoint on the Runs page.", "Interrupted:")
         self._update_progress()
         return True
+
+
+def _busy_reason(output_dir: Path) -> str | None:
+    """Why ``output_dir`` cannot be trained into now: another process (a terminal run, another window) holds its
+    lock. None when it is free; the check takes the lock for an instant and gives it back."""
+    if not (output_dir / ".lock").exists():
+        return None
+    from core.training.rundir import RunDirBusy, RunDirLock
+
+    try:
+        RunDirLock(output_dir).acquire().release()
+    except RunDirBusy as exc:
+        return str(exc)
+    except OSError:
+        return None  # unwritable: the trainer reports that with the folder's name
+    return None
+
+
+def _step_of(finished: dict) -> str:
+    steps, total = finished.get("steps"), finished.get("total")
+    return f"step {steps} of {total}" if isinstance(total, int) and total > 0 else f"step {steps}"

@@ -167,10 +167,13 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     distributed = world_size() > 1
     log.info("device %s, precision %s", device.describe(), precision)
 
+    stage = _StageReporter(events)
+    stage("data", "reading the data and the chat template")
     run = open_run(config)
     for note in run.notes:
         log.warning(note)
         events.emit("warning", message=note)
+    stage("rows", "building input_ids and labels")
     rows = build_training_rows(run)
     train_rows, eval_rows = rows.train, rows.eval
     for source_file, result in rows.dropped:
@@ -232,6 +235,8 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
 
     attn_implementation = config.model.attn_implementation or tuned.attn_implementation
     tuned.before_load(attn_implementation)
+    stage("model", "loading the base model"
+          + (" (dequantising the GGUF file)" if source.gguf_file else " (4-bit)" if quantization is not None else ""))
     try:
         model = load_model(source, dtype=precision if precision != "fp16" else "fp32", quantization_config=quantization,
                            attn_implementation=attn_implementation,
@@ -295,6 +300,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
         # generate() on a sharded model would need every rank; probes are a single-process / DDP feature
         log.warning("probe prompts are off with distributed.strategy %s", config.distributed.strategy)
         callback.probe_prompts = []
+    stage("trainer", "adding the LoRA adapter and preparing the trainer" if lc.enabled else "preparing the trainer")
     trainer = StudioTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=run.tokenizer,
         peft_config=peft_config, callbacks=[callback, *extra_callbacks],
@@ -307,6 +313,7 @@ def _train(config: RunConfig, output_dir: Path, events: EventWriter, resume: boo
     for line in tuned.prepare_model(trainer.model):
         log.info("auto: %s", line)
     trainable, total = _param_counts(trainer.model)
+    stage("first_step", "running the first step" + (" (compiling the layers first)" if tuned.compile_layers else ""))
     checkpoint = None
     if resume:
         for moved in set_aside_incomplete_checkpoints(output_dir / "checkpoints"):
@@ -422,6 +429,25 @@ def _oom_hint(config: RunConfig) -> str:
         f"gradient_accumulation_steps to keep the effective batch, lower data.max_length (now {config.data.max_length}), "
         "turn on training.gradient_checkpointing, or use model.load_in_4bit (QLoRA)"
     )
+
+
+class _StageReporter:
+    """``stage`` events while the trainer starts (data, rows, model, trainer, first step): the app shows what the
+    minute before the first step is spent on, with the elapsed time of each stage."""
+
+    def __init__(self, events: EventWriter) -> None:
+        self.events = events
+        self.started = time.time()
+        self.index = 0
+
+    def __call__(self, name: str, message: str) -> None:
+        self.index += 1
+        log.info("start-up %d/%d: %s", self.index, STAGES, message)
+        self.events.emit("stage", stage=name, message=message, index=self.index, total=STAGES,
+                         elapsed_s=round(time.time() - self.started, 2))
+
+
+STAGES = 5  # data, rows, model, trainer, first_step
 
 
 def _record_base_model(config: RunConfig, output_dir: Path) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.session import StudioSession
-from app.views.train_page import FAILED, FINISHED, PAUSED, RUNNING, TrainPage
+from app.views.train_page import FAILED, FINISHED, PAUSED, RUNNING, STOPPED, TrainPage
 from core.config import RunConfig
 
 FAKE = Path(__file__).parent / "fake_children" / "fake_trainer.py"
@@ -49,7 +49,10 @@ def test_pause_resume_stop_with_a_fake_child(page, qtbot):
     qtbot.waitUntil(lambda: page.state == RUNNING, timeout=5_000)
     with qtbot.waitSignal(page.runEnded, timeout=10_000):
         page.stop_button.click()
-    assert page.state == FINISHED and page.start_button.isEnabled()
+    # a stopped run says so (not "Finished" in green), with the step it stopped at and how to go on
+    assert page.state == STOPPED and page.start_button.isEnabled()
+    assert "Stopped at step 1" in page.state_label.text() and "Finished" not in page.state_label.text()
+    assert "--resume" in page.banner.text() and "Runs page" in page.banner.text()
     assert page.curves.point_count("loss") == 1 and page.curves.point_count("tokens_per_second") == 1
     assert "step 1/10" in page.progress_label.text()
     assert "The loss is exactly 0" in page.banner.text()  # the child's warning

@@ -46,6 +46,23 @@ def canned() -> int:
     return 0
 
 
+def staged() -> int:
+    """Start-up stages as the real trainer reports them (slowly), then waits for stop like ``canned``."""
+    stages = ["reading the data and the chat template", "building input_ids and labels",
+              "loading the base model (dequantising the GGUF file)"]
+    for i, message in enumerate(stages, 1):
+        emit("stage", stage=f"s{i}", message=message, index=i, total=5, elapsed_s=0.3 * i)
+        time.sleep(0.3)
+    reason = "stdin closed (the app went away)"
+    for line in sys.stdin:
+        if line.strip() == "stop":
+            reason = "stop command"
+            break
+    emit("stopping", step=0, reason=reason)
+    emit("finished", adapter="run/adapter", steps=0, total=10, stopped_early=True, stop_reason=reason)
+    return 0
+
+
 def garbage() -> int:
     """Everything a broken library might print, then a normal end."""
     sys.stdout.buffer.write(b"\xff\xfe not utf-8 \x00\x01\n")
@@ -91,4 +108,4 @@ def hang() -> int:
 
 if __name__ == "__main__":
     sys.exit({"canned": canned, "garbage": garbage, "data_error": data_error, "silent_crash": silent_crash,
-              "abort": abort, "hang": hang}[sys.argv[1]]())
+              "abort": abort, "hang": hang, "staged": staged}[sys.argv[1]]())
