@@ -133,6 +133,7 @@ class CurvesView(QWidget):
         self._ema: dict[str, tuple[float, int]] = {}
         self._dirty: set[tuple[str, str]] = set()
         self.log_y = False
+        self.memory_note = ""
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
         self.timer.timeout.connect(self.redraw)
@@ -229,6 +230,24 @@ class CurvesView(QWidget):
         self.series.clear()
         self._ema.clear()
         self._dirty.clear()
+        for plot in self.plots.values():  # a new run starts from fresh axes, not the last run's zoom
+            plot.enableAutoRange()
+        self.set_device_kind(None)
+
+    def set_device_kind(self, kind: str | None) -> None:
+        """Say in the memory panel's title why it stays empty when the run trains on the CPU or MPS (the studio
+        reads memory from CUDA only)."""
+        panel = self.panels.get("memory")
+        plot = self.plots.get("memory")
+        if panel is None or plot is None:
+            return
+        fg = "#d0d0d0" if self.dark else "#333333"
+        title = f"<span style='color:{fg}'>{panel.title}</span>"
+        if kind and kind != "cuda":
+            where = {"cpu": "the CPU", "mps": "Apple's GPU (MPS)"}.get(kind, kind)
+            title += f"<br><span style='color:#888888;font-size:9pt'>not measured: this run trains on {where}</span>"
+        plot.setTitle(title)
+        self.memory_note = "" if not kind or kind == "cuda" else title
 
     def point_count(self, metric: str, run: str = "") -> int:
         series = self.series.get(run, {}).get(metric)
@@ -241,7 +260,10 @@ class CurvesView(QWidget):
         dirty, self._dirty = self._dirty, set()
         for run, metric in dirty:
             x, y = self.series[run][metric].view()
-            self._item(run, metric).setData(x, y)
+            item = self._item(run, metric)
+            # a line needs two points: until then (the first logged step) draw the point itself
+            item.setSymbol("o" if metric == "eval_loss" or len(x) < 2 else None)
+            item.setData(x, y)
 
     def set_log_y(self, on: bool) -> None:
         self.log_y = on

@@ -345,6 +345,9 @@ class TrainPage(QWidget):
             self.last_event_time = t
         if kind == "started":
             self.started_event = event
+            device_kind = (event.get("device") or {}).get("kind")
+            if isinstance(device_kind, str):
+                self.curves.set_device_kind(device_kind)
             if isinstance(t, (int, float)) and not event.get("resumed"):
                 self.started_at = t
             elif self.started_at is None and isinstance(t, (int, float)):

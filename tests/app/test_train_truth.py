@@ -133,3 +133,22 @@ def test_a_dry_run_and_a_training_never_run_together(window, qtbot, open_config,
     assert not params.start_dry_run() and "training is running" in params.dry_label.text()
     with qtbot.waitSignal(page.runEnded, timeout=10_000):
         page.stop()
+
+
+def test_the_first_logged_step_is_drawn_and_an_empty_memory_plot_says_why(window, qtbot, open_config, make_config,
+                                                                          tmp_path):
+    cfg = make_config(_chat_file(tmp_path / "chat.jsonl"))
+    cfg.output_dir = str(tmp_path / "run")
+    open_config(cfg)
+    page = window.train_page
+    _fake(window, "canned")  # a cpu device and one metrics event
+    page.start_button.click()
+    qtbot.waitUntil(lambda: page.curves.point_count("loss") == 1, timeout=10_000)
+    page.curves.redraw()
+    assert page.curves.items[("", "loss")].opts["symbol"] == "o"  # one point: drawn as a point, not nothing
+    assert "trains on the CPU" in page.curves.memory_note
+    with qtbot.waitSignal(page.runEnded, timeout=10_000):
+        page.stop()
+    page.curves.plots["loss"].getViewBox().setRange(xRange=(100, 200))  # the user zoomed into this run
+    page.show_run_dir(tmp_path / "nothing-here")
+    assert page.curves.plots["loss"].getViewBox().autoRangeEnabled()[0]  # the next run starts unzoomed
