@@ -182,6 +182,7 @@ class ChatPage(QWidget):
         self.tabs.addTab(self._build_export_tab(), "Export")
 
         layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("<h2 style='margin:0'>Chat &amp; Export</h2>"))
         layout.addLayout(top)
         layout.addWidget(self.banner)
         layout.addWidget(self.tabs, 1)

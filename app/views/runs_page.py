@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QTableView,
     QTableWidget,
     QTableWidgetItem,
@@ -105,15 +106,24 @@ class RunsPage(QWidget):
         dv.setContentsMargins(0, 0, 0, 0)
         dv.addWidget(self.diff_label)
         dv.addWidget(self.diff_table, 1)
-        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom = self.compare_area = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(self.curves_holder)
         bottom.addWidget(diff_box)
         bottom.setSizes([800, 420])
 
+        # the empty state says what to do instead of showing a blank table
+        self.empty_label = QLabel()
+        self.empty_label.setObjectName("runsEmpty")
+        self.empty_label.setWordWrap(True)
+        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.table_stack = QStackedWidget()
+        self.table_stack.addWidget(self.table)
+        self.table_stack.addWidget(self.empty_label)
         table_box = QWidget()
         tv = QVBoxLayout(table_box)
         tv.setContentsMargins(0, 0, 0, 0)
-        tv.addWidget(self.table, 1)
+        tv.addWidget(self.table_stack, 1)
         tv.addLayout(actions)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(table_box)
@@ -121,6 +131,7 @@ class RunsPage(QWidget):
         split.setSizes([300, 480])
 
         layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("<h2 style='margin:0'>Runs</h2>"))
         layout.addLayout(top)
         layout.addLayout(banner_row)
         layout.addWidget(split, 1)
@@ -162,6 +173,16 @@ class RunsPage(QWidget):
         roots = self.roots()
         self.roots_label.setText("Runs in: " + ", ".join(html.escape(str(r)) for r in roots))
         self.model.set_runs(scan_runs(roots))
+        self.compare_area.setVisible(bool(self.model.runs))
+        if self.model.runs:
+            self.table_stack.setCurrentWidget(self.table)
+        else:
+            folders = ", ".join(html.escape(str(r)) for r in roots)
+            self.empty_label.setText(
+                f"<p><b>No runs yet</b> in {folders}.</p><p>Start one on the <b>Train</b> page (Ctrl+5): each run "
+                "appears here with its status, final loss and curves, and can be resumed, compared or "
+                "duplicated.</p><p>Runs kept elsewhere? <b>Add runs folder…</b> lists them too.</p>")
+            self.table_stack.setCurrentWidget(self.empty_label)
         if not selected and self.model.runs:
             selected = {self.model.runs[0].path}  # the newest run's curves, rather than empty plots
         self.select([r.name for r in self.model.runs if r.path in selected])

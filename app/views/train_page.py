@@ -147,6 +147,7 @@ class TrainPage(QWidget):
         split.setSizes([560, 200])
 
         layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("<h2 style='margin:0'>Train</h2>"))
         layout.addLayout(buttons)
         layout.addLayout(prog)
         layout.addLayout(banner_row)

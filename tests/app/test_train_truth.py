@@ -152,3 +152,15 @@ def test_the_first_logged_step_is_drawn_and_an_empty_memory_plot_says_why(window
     page.curves.plots["loss"].getViewBox().setRange(xRange=(100, 200))  # the user zoomed into this run
     page.show_run_dir(tmp_path / "nothing-here")
     assert page.curves.plots["loss"].getViewBox().autoRangeEnabled()[0]  # the next run starts unzoomed
+
+
+def test_every_page_has_a_heading_and_an_empty_runs_folder_says_what_to_do(window, tmp_path):
+    from PySide6.QtWidgets import QLabel
+
+    for page in (window.params_page, window.train_page, window.runs_page, window.chat_page):
+        headings = [label.text() for label in page.findChildren(QLabel) if label.text().startswith("<h2")]
+        assert headings, type(page).__name__
+    window.session.update_config(reload=False, output_dir=str(tmp_path / "runs" / "first"))
+    window.runs_page.refresh()
+    assert window.runs_page.table_stack.currentWidget() is window.runs_page.empty_label
+    assert "No runs yet" in window.runs_page.empty_label.text() and "Train" in window.runs_page.empty_label.text()
