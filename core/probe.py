@@ -89,10 +89,10 @@ def _model_facts(cfg: Any) -> dict[str, Any]:
     has_template = None
     folder = Path(source.path)
     if source.gguf_file:
-        try:  # the header is memory-mapped: reading its keys is quick
-            from gguf import GGUFReader
+        try:  # read once with the config and cached (parsing the header takes seconds)
+            from core.training.memory import gguf_facts
 
-            has_template = "tokenizer.chat_template" in GGUFReader(str(folder / source.gguf_file)).fields
+            has_template = bool(gguf_facts(folder / source.gguf_file).get("chat_template"))
         except Exception:  # noqa: BLE001 - an unreadable header only means "unknown" here
             has_template = None
     elif folder.is_dir():

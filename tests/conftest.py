@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# the studio's own caches (GGUF facts) go to a folder of this test session, never the user's ~/.cache
+os.environ.setdefault("SFT_STUDIO_CACHE", tempfile.mkdtemp(prefix="sft-studio-test-cache-"))
 
 # A copy of ../shared/datasets (LLaMA-Factory demo data, see its README) so CI needs nothing outside the repo.
 SHARED_DATASETS = ROOT / "tests" / "data" / "public"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,58 @@ def load_model_config(spec: str | dict | Any) -> Any:
         raise MemoryEstimateError(str(exc)) from None
     try:
         if source.gguf_file:
-            return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, trust_remote_code=False)
+            return load_model_config(gguf_facts(Path(source.path) / source.gguf_file)["config"])
         folder = Path(source.path)
         if (folder / "config.json").is_file():
             return load_model_config(json.loads((folder / "config.json").read_text()))
         return AutoConfig.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any loader failure means "architecture unknown"
         raise MemoryEstimateError(f"cannot read the architecture of '{spec}': {str(exc).splitlines()[0][:200]}") from None
+
+
+def gguf_facts(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"config": <config dict>, "chat_template": bool}`` of a GGUF file. transformers parses the whole header
+    (a 49k-token vocabulary is ~300k strings: 10-20 s on a busy laptop) to build the config, so the result is
+    kept in memory and on disk, keyed by the file's path, size and modification time: the fit check, the model
+    facts and the model library then answer at once from the second time on."""
+    file = Path(path).resolve()
+    stat = file.stat()
+    return _gguf_facts_cached(str(file), stat.st_size, stat.st_mtime_ns)
+
+
+def _facts_cache_dir() -> Path:
+    root = os.environ.get("SFT_STUDIO_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "sft-studio" / "gguf-facts"
+
+
+@functools.lru_cache(maxsize=16)
+def _gguf_facts_cached(file: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    import hashlib
+
+    key = hashlib.sha256(f"{file}|{size}|{mtime_ns}|v1".encode()).hexdigest()[:32]
+    cached = _facts_cache_dir() / f"{key}.json"
+    try:
+        data = json.loads(cached.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            return data
+    except (OSError, ValueError):
+        pass
+    from gguf import GGUFReader
+    from transformers import AutoConfig
+
+    folder, name = str(Path(file).parent), Path(file).name
+    config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=False).to_dict()
+    has_template = "tokenizer.chat_template" in GGUFReader(file).fields
+    # as the cache will hold it: the first answer and every later one are the same
+    data = json.loads(json.dumps({"config": config, "chat_template": has_template, "file": file}, default=str))
+    try:  # a cache that cannot be written only costs time
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, default=str), encoding="utf-8")
+        os.replace(tmp, cached)
+    except OSError:
+        pass
+    return data
 
 
 def model_shape(model_config: Any) -> ModelShape:

@@ -109,14 +109,14 @@ def train(*args: str, fault: str | None = None, kill_when=None, log: Path) -> Ou
 
 def assert_parseable(events_file: Path) -> None:
     """Every line of events.jsonl is JSON, except a line torn by a killed writer: the last one, or one followed
-    by the first event of the process that took over (``data``, or a ``warning`` before it)."""
+    by the first event of the process that took over (its first start-up ``stage``, ``data``, or a ``warning``)."""
     lines = events_file.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines[:-1], 1):
         try:
             json.loads(line)
         except ValueError:
             following = json.loads(lines[number])  # a torn line never swallows the next process's first event
-            assert following["type"] in ("data", "warning"), f"{events_file}:{number}: {line[:200]!r}"
+            assert following["type"] in ("stage", "data", "warning"), f"{events_file}:{number}: {line[:200]!r}"
 
 
 def trained_steps(events: list[dict]) -> list[int]:
