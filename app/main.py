@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QStackedWidget,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -112,7 +113,18 @@ class MainWindow(QMainWindow):
         layout = QHBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(self.nav)
+        # the next step, always in view under the page list (a guide for a first run, a reminder later)
+        self.next_label = QLabel()
+        self.next_label.setObjectName("nextStep")
+        self.next_label.setWordWrap(True)
+        self.next_label.setFixedWidth(200)
+        self.next_label.setContentsMargins(8, 8, 8, 8)
+        self.next_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        left = QVBoxLayout()
+        left.setContentsMargins(0, 0, 0, 0)
+        left.addWidget(self.nav, 1)
+        left.addWidget(self.next_label)
+        layout.addLayout(left)
         layout.addWidget(self.stack, 1)
         self.setCentralWidget(central)
 
@@ -129,7 +141,11 @@ class MainWindow(QMainWindow):
         for signal in (self.session.config_changed, self.session.run_loaded, self.session.load_failed,
                        self.session.row_changed, self.session.dirty_changed, self.session.audit_finished):
             signal.connect(self._update_status)
+            signal.connect(self._update_next_step)
+        self.train_page.runStarted.connect(self._update_next_step)
+        self.train_page.runEnded.connect(self._update_next_step)
         self.nav.setCurrentRow(0)
+        self._update_next_step()
         self.resize(1360, 880)
         if restore_geometry:
             geometry = settings().value("geometry")
@@ -350,6 +366,30 @@ class MainWindow(QMainWindow):
         if s.row_count:
             parts.append(f"Row {s.row}")
         self.status_label.setText("   ·   ".join(parts))
+
+    def next_step(self) -> str:
+        """What to do next, from the state of the data, the audit and the run (plain words, one step)."""
+        s, train = self.session, self.train_page
+        if train.running:
+            return "Training runs: watch the curves on <b>Train</b>; Stop saves the adapter."
+        if s.load_error:
+            return "Fix the data or the model: the <b>Data</b> page says what does not load."
+        if s.loaded is None:
+            return "Loading the data and the model's tokenizer…" if s.busy else \
+                "Open a dataset on <b>Data</b> (or drop a file on the window)."
+        if s.report is not None and not s.report.clean:
+            return "Look at the <b>Problems</b> on Data: rows that will not be trained or lose their end."
+        if train.state == "finished":
+            return "Chat with the tuned model and export it on <b>Chat &amp; Export</b> (Ctrl+7)."
+        if train.state in ("stopped", "interrupted"):
+            return "Resume the run on <b>Runs</b>, or chat with what it learned so far (Ctrl+7)."
+        if train.state == "failed":
+            return "The run failed: the banner on <b>Train</b> says why and what to change."
+        return ("Check which tokens carry loss on <b>Tokens &amp; masks</b> (Ctrl+3), set <b>Hyperparameters</b>, "
+                "then <b>Start</b> on Train (Ctrl+5).")
+
+    def _update_next_step(self, *_args: object) -> None:
+        self.next_label.setText(f"<b>Next:</b> {self.next_step()}")
 
     def _on_busy(self, busy: bool) -> None:
         self.busy_bar.set_busy(busy)

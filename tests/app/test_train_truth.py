@@ -41,11 +41,13 @@ def test_start_is_refused_with_the_reason_while_the_data_does_not_load(window, o
     assert not page.start()  # even when called directly (a shortcut, a script)
     assert page.supervisor is None and "does not load" in page.banner.text()
     assert not (tmp_path / "run").exists()  # nothing was written for a run that cannot start
+    assert "Fix the data" in window.next_label.text()  # the next step says what to do
 
     good = make_config(_chat_file(tmp_path / "good.jsonl"))
     good.output_dir = str(tmp_path / "run")
     open_config(good)
     assert page.start_button.isEnabled(), page.start_button.toolTip()
+    assert "Tokens" in window.next_label.text() and "Start" in window.next_label.text()
 
 
 def test_start_with_unsaved_edits_never_rewrites_the_users_run_file(window, qtbot, make_config, wait_idle,
