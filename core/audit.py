@@ -1,6 +1,11 @@
 """Dataset + template checks without training: row problems, token lengths against ``max_length``,
 truncation, rows with nothing to train, the trained-token share, and the inference/training parity of
-the chat template. Used by ``sft-studio audit`` and the app's Data page."""
+the chat template. Used by ``sft-studio audit`` and the app's Data page.
+
+What makes a report not clean (``sft-studio audit`` exits 1): rows that will not be trained, row errors,
+rows whose trained answer loses its end to truncation (each one is also a row problem, so the row is not
+"ok" anywhere), problems of the dataset as a whole (a column mapping that makes most rows echo their
+prompt or leaves nothing to train), and template parity issues. Warnings and notes alone keep it clean."""
 
 from __future__ import annotations
 
@@ -35,11 +40,13 @@ class AuditReport:
     max_length: int
     lengths: list[int]  # tokens per built row, before truncation
     truncated_rows: list[int]
-    eos_lost_rows: list[int]
+    eos_lost_rows: list[int]  # trained rows whose trained answer loses its end (and end-of-turn token) to truncation
     trained_tokens: int
     total_tokens: int  # after truncation
     parity: list[ParityIssue] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dataset_problems: list[str] = field(default_factory=list)  # problems of the data as a whole (column mapping)
+    eos_lost_tokens: list[int] = field(default_factory=list)  # tokens of each eos_lost_rows row, before truncation
 
     @property
     def errors(self) -> list[RowProblem]:
@@ -51,7 +58,13 @@ class AuditReport:
 
     @property
     def clean(self) -> bool:
-        return not self.dropped and not self.errors and not self.eos_lost_rows and not self.parity
+        return (
+            not self.dropped
+            and not self.errors
+            and not self.eos_lost_rows
+            and not self.parity
+            and not self.dataset_problems
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -84,11 +97,25 @@ def length_stats(lengths: list[int]) -> dict[str, float]:
     }
 
 
+EOS_LOST = "truncated at max_length"
+
+
+def _answer_field(run: RunData) -> str:
+    """The column that holds what is trained (where a cut-off answer is)."""
+    columns, fmt = run.dataset.columns, run.dataset.format
+    key = {"text": "text", "prompt_completion": "completion", "alpaca": "output"}.get(fmt)
+    if key is None:
+        key = "messages" if "messages" in columns else "conversations"
+    return columns.get(key, key)
+
+
 def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int = 50) -> AuditReport:
     """Build every row (exactly as training will) and collect what a user must know before training."""
     problems: list[RowProblem] = []
+    answer_field = _answer_field(run)
+    max_length = run.builder.max_length
     dropped: list[tuple[int, int | None, str]] = []
-    lengths, truncated, eos_lost = [], [], []
+    lengths, truncated, eos_lost, eos_tokens = [], [], [], []
     trained_tokens = total_tokens = trainable = 0
     parity: list[ParityIssue] = []
     checked = 0
@@ -100,8 +127,21 @@ def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int
             lengths.append(built.n_tokens)
             if built.truncated:
                 truncated.append(result.row)
-            if built.eos_lost:
+            if built.eos_lost and reason is None:  # a row with nothing left to train is reported as dropped
                 eos_lost.append(result.row)
+                eos_tokens.append(built.n_tokens)
+                problems.append(
+                    RowProblem(
+                        result.row,
+                        answer_field,
+                        f"{EOS_LOST}={max_length}: the end of the trained answer and its end-of-turn token are cut "
+                        f"off (the row has {built.n_tokens} tokens), so the model does not learn to stop here; "
+                        f"raise data.max_length to {built.n_tokens} or more, or shorten the row",
+                        run.source_file,
+                        result.line,
+                        "warning",
+                    )
+                )
             for note in built.notes:
                 problems.append(RowProblem(result.row, "", note, run.source_file, result.line, "warning"))
         if len(parity) < 5 and checked < parity_sample:
@@ -141,7 +181,9 @@ def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int
         trained_tokens=trained_tokens,
         total_tokens=total_tokens,
         parity=parity,
-        notes=list(run.notes),
+        notes=list(run.notes) + [n for n in run.dataset.notes if n not in run.notes],
+        dataset_problems=list(run.dataset.dataset_problems),
+        eos_lost_tokens=eos_tokens,
     )
 
 
@@ -198,12 +240,22 @@ def format_report(report: AuditReport, limit: int = 30) -> str:
     lines.append(f"trained   {report.trained_tokens} of {report.total_tokens} tokens ({100 * report.trained_share:.1f}%) carry loss")
     for note in report.notes:
         lines.append(f"note      {note}")
-    if report.eos_lost_rows:
-        rows = ", ".join(str(r) for r in report.eos_lost_rows[:10])
-        lines.append(f"warning   rows {rows}{' …' if len(report.eos_lost_rows) > 10 else ''}: the answer's end-of-turn "
-                     "token is cut off, so the model does not learn to stop there; raise data.max_length")
+    for problem in report.dataset_problems:
+        lines.append(f"problem   {problem}")
     for issue in report.parity:
         lines.append(f"parity    row {issue.row}: {issue.message}")
+    if report.eos_lost_rows:
+        n = len(report.eos_lost_rows)
+        line_of = {p.row: p.line for p in report.problems if p.message.startswith(EOS_LOST)}
+        lines.append(f"\n{n} row{'s' if n != 1 else ''} lose the end of a trained answer to truncation at max_length "
+                     f"{report.max_length} (the model does not learn to stop on them); "
+                     f"data.max_length {max(report.eos_lost_tokens)} keeps them whole:")
+        for row, tokens in list(zip(report.eos_lost_rows, report.eos_lost_tokens, strict=True))[:limit]:
+            line = line_of.get(row)
+            where = f"{report.source}:{line}: " if line else f"{report.source}: "
+            lines.append(f"  {where}row {row}: {tokens} tokens")
+        if n > limit:
+            lines.append(f"  … and {n - limit} more (use --json for all)")
     if report.dropped:
         lines.append(f"\n{len(report.dropped)} rows will NOT be trained:")
         for row, line, reason in report.dropped[:limit]:
@@ -211,7 +263,7 @@ def format_report(report: AuditReport, limit: int = 30) -> str:
             lines.append(f"  {where}row {row}: {reason}")
         if len(report.dropped) > limit:
             lines.append(f"  … and {len(report.dropped) - limit} more (use --json for all)")
-    warnings = [p for p in report.warnings]
+    warnings = [p for p in report.warnings if not p.message.startswith(EOS_LOST)]
     if warnings:
         lines.append(f"\n{len(warnings)} warnings:")
         for p in warnings[:limit]:

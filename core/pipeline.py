@@ -83,6 +83,7 @@ def open_run(
         columns=config.data.columns or None,
         placeholders=config.data.placeholders or None,
         progress=progress,
+        roles=config.data.roles or None,
     )
     notes: list[str] = []
     if tokenizer is None:

@@ -30,7 +30,7 @@ from app.session import StudioSession
 from app.views.conversation import conversation_html
 from app.views.style import Banner, is_dark
 from app.workers.tasks import LoadedRun
-from core.data import FORMATS
+from core.data import FORMATS, RowProblem
 from core.data.formats import OUR_COLUMNS
 
 DATA_FILTER = "Datasets (*.jsonl *.json *.csv *.tsv *.parquet *.pq *.arrow);;All files (*)"
@@ -91,6 +91,7 @@ class DataPage(QWidget):
         self.session = session
         self.setObjectName("DataPage")
         self._updating = False
+        self._last_format: str | None = None  # the last format that loaded (its columns stay editable after an error)
 
         # source ---------------------------------------------------------------------------------------
         self.source_edit = QLineEdit()
@@ -205,7 +206,7 @@ class DataPage(QWidget):
         session.load_failed.connect(self._on_load_failed)
         session.audit_started.connect(lambda: self.audit_summary.setText("Auditing every row…"))
         session.audit_finished.connect(self._on_audit)
-        session.audit_failed.connect(lambda m: self.audit_summary.setText(f"The audit failed: {html.escape(m)}"))
+        session.audit_failed.connect(self._on_audit_failed)
         session.row_changed.connect(self._on_row_changed)
         self._sync_from_config()
 
@@ -266,6 +267,21 @@ class DataPage(QWidget):
     def _on_load_started(self) -> None:
         self.detected.setText("<i>loading…</i>")
 
+    def _clear_audit(self, summary: str, problem: str | None = None) -> None:
+        """Forget the previous audit: its summary, histogram and problem list describe other data."""
+        self.audit_summary.setText(summary)
+        if self.histogram is not None:
+            self.histogram.set_data([], 0)
+            self.histogram.hide()
+        if problem is not None:
+            self.problem_list.clear()
+            item = QListWidgetItem(f"✖ {problem}")
+            item.setForeground(_brush("#ff7b72" if is_dark() else "#c62828"))
+            self.problem_list.addItem(item)
+
+    def _on_audit_failed(self, message: str) -> None:
+        self._clear_audit(f"The audit failed: {html.escape(message)}")
+
     def _rebuild_columns(self, loaded: LoadedRun | None) -> None:
         while self.columns_form.count():
             child = self.columns_form.takeAt(0)
@@ -276,10 +292,16 @@ class DataPage(QWidget):
             self.columns_box.hide()
             return
         dataset = loaded.dataset
-        fmt = dataset.format if dataset else self.session.config.data.format
-        roles = OUR_COLUMNS.get(fmt, ())
-        resolved = dict(dataset.columns) if dataset else {}
         overrides = self.session.config.data.columns
+        if dataset is not None:
+            fmt = self._last_format = dataset.format
+        else:  # the mapping did not work out: keep its combos on screen so that the user can undo it
+            chosen = self.session.config.data.format
+            fmt = chosen if chosen != "auto" else self._last_format
+        roles = tuple(OUR_COLUMNS.get(fmt or "", ())) + tuple(
+            r for r in overrides if r not in OUR_COLUMNS.get(fmt or "", ())
+        )
+        resolved = dict(dataset.columns) if dataset else {}
         self._updating = True
         for role in roles:
             combo = QComboBox()
@@ -316,11 +338,18 @@ class DataPage(QWidget):
         if loaded.error:
             titles = {"model": "The model cannot be loaded:", "template": "No chat template:",
                       "format": "The format does not fit:"}
-            self.banner.show_message("error", loaded.error, titles.get(loaded.error_kind or "", "Problem:"))
-            self.audit_summary.setText("No audit: fix the problem above first.")
+            title = titles.get(loaded.error_kind or "", "Problem:")
+            self.banner.show_message("error", loaded.error, title)
+            if dataset is None:
+                self._clear_audit("No audit: fix the problem above first.", f"{title} {loaded.error}")
+            else:
+                self._clear_audit("No audit: fix the problem above first.")
+                self._fill_problems(dataset.problems, [], dataset.dataset_problems, done=False)
         else:
             self.banner.clear()
-        self._fill_problems(dataset.problems if dataset else [], [])
+            self._clear_audit("The audit runs after loading.")
+            self._fill_problems(dataset.problems if dataset else [], [],
+                                dataset.dataset_problems if dataset else [], done=False)
         self._select_table_row(self.session.row)
 
     def _on_load_failed(self, message: str) -> None:
@@ -329,10 +358,7 @@ class DataPage(QWidget):
         self.detected.setText("")
         self.banner.show_message("error", message, "The dataset cannot be read:")
         self.detail.clear()
-        self.problem_list.clear()
-        self.audit_summary.setText("No audit: the dataset could not be read.")
-        if self.histogram is not None:
-            self.histogram.set_data([], 0)
+        self._clear_audit("No audit: the dataset could not be read.", f"The dataset cannot be read: {message}")
 
     def _on_row_changed(self, row: int) -> None:
         self._select_table_row(row)
@@ -357,8 +383,17 @@ class DataPage(QWidget):
             return
         self.detail.setHtml(conversation_html(loaded.dataset.examples[row], self.rows_model.problems_for(row), row))
 
-    def _fill_problems(self, problems: list, dropped: list) -> None:
+    def _fill_problems(self, problems: list, dropped: list, whole: list[str] | None = None,
+                       done: bool = True) -> None:
+        """The problem list: problems of the whole dataset first, then each row's. ``done`` is False while
+        the audit has not run yet (an empty list then says so instead of "no problems")."""
         self.problem_list.clear()
+        dark = is_dark()
+        for message in whole or []:
+            item = QListWidgetItem(f"✖ whole dataset · {message}")
+            item.setForeground(_brush("#ff7b72" if dark else "#c62828"))
+            item.setToolTip(message)
+            self.problem_list.addItem(item)
         seen_rows = {p.row for p in problems if p.severity == "error"}
         items: list[tuple[int, str, str]] = []
         for p in problems:
@@ -369,7 +404,6 @@ class DataPage(QWidget):
                 where = f"row {row}" + (f" (line {line})" if line else "")
                 items.append((row, "dropped", f"{where} · not trained: {reason}"))
         items.sort(key=lambda t: (t[0], t[1] != "error"))
-        dark = is_dark()
         colors = {"error": "#ff7b72" if dark else "#c62828", "dropped": "#ff7b72" if dark else "#c62828",
                   "warning": "#e3b341" if dark else "#9a6700"}
         for row, severity, text in items[:5000]:
@@ -377,16 +411,20 @@ class DataPage(QWidget):
             item.setData(Qt.ItemDataRole.UserRole, row)
             item.setForeground(self.palette().text() if severity not in colors else _brush(colors[severity]))
             self.problem_list.addItem(item)
-        if not items:
-            self.problem_list.addItem(QListWidgetItem("✓ no problems found"))
+        if not items and not whole:
+            self.problem_list.addItem(QListWidgetItem("✓ no problems found" if done else "Auditing every row…"))
 
     def _on_audit(self, report) -> None:  # noqa: ANN001 - AuditReport
         from core.audit import length_stats
 
-        self._fill_problems(report.problems, report.dropped)
+        self._fill_problems(report.problems, report.dropped, report.dataset_problems)
+        # a row that will not be trained is never "ok" in the table, whatever the reason
+        with_errors = {p.row for p in report.problems if p.severity == "error"}
+        not_trained = [RowProblem(row, "", f"not trained: {reason}", report.source, line)
+                       for row, line, reason in report.dropped if row not in with_errors]
         self.rows_model.set_dataset(self.session.loaded.dataset if self.session.loaded else None,
                                     self.session.run.lines if self.session.run else None,
-                                    extra=report.problems)
+                                    extra=[*report.problems, *not_trained])
         self._select_table_row(self.session.row)
         stats = length_stats(report.lengths)
         dark = is_dark()
@@ -410,6 +448,8 @@ class DataPage(QWidget):
         if report.template:
             method = f", assistant tokens by <b>{html.escape(report.mask_method)}</b>" if report.mask_method else ""
             lines.append(f"template: {html.escape(report.template)}{method}; train_on: {html.escape(report.train_on)}")
+        for problem in report.dataset_problems:
+            lines.append(f"<span style='color:{bad}'>whole dataset: {html.escape(problem)}</span>")
         for issue in report.parity:
             lines.append(f"<span style='color:{bad}'>parity, row {issue.row}: {html.escape(issue.message)}</span>")
         for note in report.notes:
@@ -418,6 +458,7 @@ class DataPage(QWidget):
         if self.histogram is None:
             self.histogram = LengthHistogram()
             self.hist_holder.addWidget(self.histogram)
+        self.histogram.show()
         self.histogram.set_data(report.lengths, report.max_length)
 
 

@@ -69,7 +69,7 @@ def load_run(cfg: RunConfig, tokenizer: Any = None, tokenizer_notes: list[str] |
     def data_only(message: str, kind: str) -> LoadedRun:
         try:
             dataset = normalize_dataset(raw, cfg.data.format, cfg.data.columns or None,
-                                        cfg.data.placeholders or None, progress)
+                                        cfg.data.placeholders or None, progress, roles=cfg.data.roles or None)
         except DataError:
             dataset = None
         return LoadedRun(cfg, None, dataset, columns, len(raw.rows), message, kind, tokenizer, notes)

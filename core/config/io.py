@@ -163,11 +163,14 @@ def _coerce(raw: Any, info: FieldInfo) -> tuple[Any, str | None]:
         if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
             return list(raw), None
         return None, _type_error(info, raw)
-    # dict[str, str]
+    # dict[str, str]; a field with ``names`` metadata also takes a list of names per key (kept comma-separated)
+    names = bool(info.metadata.get("names"))
     if isinstance(raw, dict) and all(
-        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw.values()
+        (isinstance(v, (str, int, float)) and not isinstance(v, bool))
+        or (names and isinstance(v, list) and all(isinstance(x, str) for x in v))
+        for v in raw.values()
     ):
-        return {str(k): str(v) for k, v in raw.items()}, None
+        return {str(k): ", ".join(v) if isinstance(v, list) else str(v) for k, v in raw.items()}, None
     return None, _type_error(info, raw)
 
 
@@ -234,8 +237,9 @@ def _check_value(value: Any, info: FieldInfo) -> list[tuple[str, str]]:
                 out.append((entry, f"unknown key '{entry}' (allowed: {allowed}){_hint(name, info.keys)}"))
             elif not name.strip():
                 out.append((key, f"{key} must not have an empty name"))
-            elif info.keys is not None and not column.strip():
-                out.append((entry, f"{entry} must name a column, got ''"))
+            elif info.keys is not None and not column.strip(" ,"):
+                what = "at least one role name" if info.metadata.get("names") else "a column"
+                out.append((entry, f"{entry} must name {what}, got ''"))
     return out
 
 
@@ -272,6 +276,50 @@ def _secret_values(cfg: RunConfig) -> list[tuple[str, str]]:
     return out
 
 
+def _shared_columns(columns: Any) -> list[tuple[str, str]]:
+    """data.columns giving one column two roles: the model would learn from the wrong text (an answer read from
+    the prompt's column teaches it to echo the prompt)."""
+    if not isinstance(columns, dict):
+        return []
+    out: list[tuple[str, str]] = []
+    first: dict[str, str] = {}
+    for role, column in columns.items():
+        if not isinstance(column, str) or not column.strip():
+            continue
+        other = first.setdefault(column, role)
+        if other != role and {other, role} != {"messages", "conversations"}:
+            out.append(
+                (
+                    f"data.columns.{role}",
+                    f"data.columns.{role} and data.columns.{other} both name the column '{column}'; one column "
+                    "cannot play two roles (map each to its own column)",
+                )
+            )
+    return out
+
+
+def _shared_role_names(roles: Any) -> list[tuple[str, str]]:
+    """data.roles giving one role name to two roles."""
+    if not isinstance(roles, dict):
+        return []
+    out: list[tuple[str, str]] = []
+    first: dict[str, str] = {}
+    for role, names in roles.items():
+        if not isinstance(names, str):
+            continue
+        for name in (n.strip().lower() for n in names.split(",")):
+            other = first.setdefault(name, role) if name else role
+            if other != role:
+                out.append(
+                    (
+                        f"data.roles.{role}",
+                        f"data.roles.{role} and data.roles.{other} both list the name '{name}'; a role name can "
+                        "mean only one role",
+                    )
+                )
+    return out
+
+
 def _cross_checks(cfg: RunConfig) -> list[tuple[str, str]]:
     """Problems that involve several fields, as ``(key, message)``; the key is where the line points."""
     out: list[tuple[str, str]] = []
@@ -288,6 +336,8 @@ def _cross_checks(cfg: RunConfig) -> list[tuple[str, str]]:
                 f"steps, got {_fmt(t.warmup_steps)}",
             )
         )
+    out.extend(_shared_columns(d.columns))
+    out.extend(_shared_role_names(d.roles))
     if d.eval_path is not None and _num(d.eval_fraction) and d.eval_fraction > 0:
         out.append(("data.eval_fraction", "set either data.eval_path or data.eval_fraction, not both"))
     if t.eval_steps is not None and d.eval_path is None and d.eval_fraction == 0:

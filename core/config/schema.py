@@ -14,6 +14,9 @@ from it. Metadata keys:
     the allowed values (a tuple; may contain ``None``).
 ``keys``
     for mapping fields, the allowed keys (a tuple).
+``names``
+    for mapping fields whose values name several things: a value may be written as a YAML list of names;
+    it is stored as one string, the names separated by commas.
 ``advanced``
     folded away in the GUI form.
 ``hidden``
@@ -54,6 +57,7 @@ COLUMN_ROLES = (
     "history",
     "tools",
 )
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 BUILTIN_CHAT_TEMPLATES = ("chatml", "llama3", "mistral", "gemma", "alpaca", "openassistant")
 ATTN_IMPLEMENTATIONS = (None, "sdpa", "sdpa_varlen", "eager", "flash_attention_2")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -151,6 +155,15 @@ class DataConfig:
         "Maps roles (prompt, completion, messages, text, instruction, input, output, system, history, "
         "tools) to the dataset's column names when they differ from the usual ones.",
         keys=COLUMN_ROLES,
+        advanced=True,
+    )
+    roles: dict[str, str] = _data(
+        {},
+        "Maps message roles (system, user, assistant, tool) to the role names the data uses, as axolotl does: "
+        "assistant: [bot, gpt]. Without it, common names (human, gpt, bot, model, ...) are recognised and the "
+        "audit notes the unusual ones.",
+        keys=MESSAGE_ROLES,
+        names=True,
         advanced=True,
     )
     eval_path: str | None = _data(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.data.loading import PROGRESS_EVERY, RawDataset
@@ -42,6 +42,63 @@ ROLE_ALIASES = {
     "function_response": "tool",
 }
 TOOL_CALL_ROLES = {"function_call", "tool_call", "tool_calls"}
+ROLES = ("system", "user", "assistant", "tool")
+# Names read without a note: our own, and ShareGPT's (messages written as {from, value}).
+SHAREGPT_ROLES = {"system", "human", "gpt", "observation"}
+
+
+class RoleNames:
+    """How role names in the data become our four roles, and which unusual names were read (for a note).
+
+    ``mapping`` is ``data.roles`` of the run file, axolotl style: our role -> the dataset's names for it
+    (``{"assistant": ["bot", "gpt"]}``; a string may list names separated by commas). Mapped names take
+    precedence over :data:`ROLE_ALIASES`.
+    """
+
+    def __init__(self, mapping: Mapping[str, str | Sequence[str]] | None = None) -> None:
+        self.explicit: dict[str, str] = {}
+        for role, names in (mapping or {}).items():
+            if role not in ROLES:
+                raise DataError(
+                    f"data.roles.{role}: unknown role '{role}'; map names to one of {', '.join(ROLES)}"
+                )
+            for name in names.split(",") if isinstance(names, str) else names:
+                key = str(name).strip().lower()
+                if not key:
+                    continue
+                if self.explicit.get(key, role) != role:
+                    raise DataError(
+                        f"data.roles: the name '{key}' is given for both {self.explicit[key]} and {role}"
+                    )
+                self.explicit[key] = role
+        self._row: set[tuple[str, str]] = set()
+        self.rows: dict[tuple[str, str], int] = {}  # (name as written, our role) -> rows
+
+    def lookup(self, name: str, raw: str, sharegpt: bool) -> str | None:
+        """Our role for the (lower-cased) ``name``, or None when unknown; unusual names are remembered."""
+        role = self.explicit.get(name)
+        if role is not None:
+            return role
+        role = ROLE_ALIASES.get(name)
+        if role is not None and name not in ROLES and not (sharegpt and name in SHAREGPT_ROLES):
+            self._row.add((raw.strip(), role))
+        return role
+
+    def end_row(self) -> None:
+        for key in self._row:
+            self.rows[key] = self.rows.get(key, 0) + 1
+        self._row.clear()
+
+    def notes(self) -> list[str]:
+        """One line per unusual role name read through an alias: what it became and in how many rows."""
+        out = []
+        for (name, role), n in self.rows.items():
+            out.append(
+                f"role '{name}' read as {role} in {n} row{'s' if n != 1 else ''}; to say so in the run file "
+                f"(or map it differently) set data.roles, e.g. roles: {{{role}: [{name}]}}"
+            )
+        return out
+
 
 CONVERSATION_COLUMNS = ("messages", "conversations", "conversation", "dialog", "dialogue", "chat", "turns")
 TEXT_COLUMNS = ("text", "content", "document")
@@ -101,6 +158,11 @@ class NormalizedDataset:
     columns: dict[str, str]
     source: str = ""
     reason: str = ""
+    dataset_problems: list[str] = field(default_factory=list)
+    """Problems with the dataset as a whole (a column mapping that makes most rows useless); each names the
+    columns and the run-file key to check."""
+    notes: list[str] = field(default_factory=list)
+    """Things the user should know that are not problems (role names read through an alias)."""
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -294,8 +356,66 @@ def _formats_implied_by(overrides: Mapping[str, str]) -> set[str]:
     return implied
 
 
+def _conversation_column_problem(raw: RawDataset) -> str:
+    """' column 'messages' holds text where ...' when a conversation-named column holds something else."""
+    for col in (c for c in CONVERSATION_COLUMNS if c in raw.columns):
+        for index, row in enumerate(raw.rows[:SAMPLE_ROWS]):
+            value = None if row is None else row.get(col)
+            if value is None:
+                continue
+            parsed = _maybe_json_list(value)
+            if (
+                isinstance(parsed, list)
+                and parsed
+                and isinstance(parsed[0], dict)
+                and ("role" in parsed[0] or "from" in parsed[0])
+            ):
+                continue
+            if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
+                what = f"lists of objects with the keys {', '.join(repr(k) for k in list(parsed[0])[:5])}"
+            elif isinstance(parsed, list) and parsed:
+                what = f"lists of {_plural_kind(parsed[0])}"
+            elif isinstance(parsed, list):
+                what = "empty lists"
+            elif isinstance(value, str):
+                what = (
+                    "strings" if not value.lstrip().startswith("[") else "text that is not a valid JSON list"
+                )
+            else:
+                what = _plural_kind(value)
+            line = raw.lines[index] if index < len(raw.lines) else None
+            where = f"row {index}" + (f", line {line}" if line else "")
+            return (
+                f": column '{col}' holds {what} where a list of {{role, content}} messages (or ShareGPT "
+                f"{{from, value}}) is expected; {where} is {describe_value(value)}"
+            )
+    return ""
+
+
+def _plural_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "strings"
+    if isinstance(value, bool):
+        return "true/false values"
+    if isinstance(value, (int, float)):
+        return "numbers"
+    if isinstance(value, dict):
+        return "objects"
+    if isinstance(value, list):
+        return "lists"
+    return type(value).__name__
+
+
 def _nothing_fits(raw: RawDataset, extra: str = "") -> DataError:
     cols = ", ".join(f"'{c}'" for c in raw.columns) or "none"
+    if not extra:
+        extra = _conversation_column_problem(raw)
+        if extra:
+            return DataError(
+                f"could not tell the dataset format{extra}. Fix that column, or set data.format and map other "
+                f"columns with data.columns (the columns are {cols})",
+                file=raw.source,
+            )
     hint = ""
     if {"chosen", "rejected"} <= set(raw.columns):
         hint = " It looks like preference data (chosen/rejected) for DPO, not supervised fine-tuning data."
@@ -322,6 +442,46 @@ def _check_overrides(raw: RawDataset, overrides: Mapping[str, str]) -> None:
             )
 
 
+ROLE_WORDS = {
+    "text": "the text",
+    "prompt": "the prompt",
+    "completion": "the answer the model learns",
+    "messages": "the conversation",
+    "conversations": "the conversation",
+    "instruction": "the prompt",
+    "input": "part of the prompt",
+    "output": "the answer the model learns",
+    "system": "the system prompt",
+    "history": "the earlier turns",
+    "tools": "the tool schemas",
+}
+
+
+def _check_distinct_columns(raw: RawDataset, guess: FormatGuess, overrides: Mapping[str, str]) -> FormatGuess:
+    """One column cannot play two roles (an answer read from the prompt's column teaches the model to echo)."""
+    by_column: dict[str, list[str]] = {}
+    for ours, theirs in guess.columns.items():
+        by_column.setdefault(theirs, []).append(ours)
+    for column, ours in by_column.items():
+        if len(ours) < 2:
+            continue
+        mapped = [o for o in ours if o in overrides]
+        if len(mapped) == 1:
+            key = mapped[0]
+            other = next(o for o in ours if o != key)
+            message = (
+                f"data.columns.{key}: column '{column}' is already read as {other} ({ROLE_WORDS[other]}); one "
+                f"column cannot also be {key} ({ROLE_WORDS[key]}). Map {key} to the column that holds "
+                f"{ROLE_WORDS[key]}"
+            )
+        else:
+            keys = " and ".join(f"data.columns.{o}" for o in (mapped or ours))
+            roles = " and ".join(f"{o} ({ROLE_WORDS[o]})" for o in ours)
+            message = f"{keys} name the same column '{column}'; one column cannot be both {roles}"
+        raise DataError(message, file=raw.source)
+    return guess
+
+
 def detect_format(raw: RawDataset, columns: Mapping[str, str] | None = None) -> FormatGuess:
     """Guess the format of ``raw`` from its column names and a sample of its values.
 
@@ -344,7 +504,7 @@ def detect_format(raw: RawDataset, columns: Mapping[str, str] | None = None) -> 
         raise _nothing_fits(raw)
     scores = [sum(_fits(row, c) for row in sample) for c in candidates]
     best = max(range(len(candidates)), key=lambda i: (scores[i], -i))
-    return candidates[best]
+    return _check_distinct_columns(raw, candidates[best], overrides)
 
 
 def _guess_for(fmt: str, raw: RawDataset, columns: Mapping[str, str] | None) -> FormatGuess:
@@ -354,7 +514,7 @@ def _guess_for(fmt: str, raw: RawDataset, columns: Mapping[str, str] | None) -> 
     if mapping is None:
         needed = " and ".join(f"'{c}'" for c in REQUIRED[fmt])
         raise _nothing_fits(raw, f" as '{fmt}' (it needs {needed})")
-    return FormatGuess(fmt, f"format set to '{fmt}'", mapping)
+    return _check_distinct_columns(raw, FormatGuess(fmt, f"format set to '{fmt}'", mapping), overrides)
 
 
 # -------------------------------------------------------------------------------------- conversion
@@ -475,7 +635,9 @@ def _content_text(report: RowReporter, content: Any, field: str) -> str | None:
     return "".join(pieces)
 
 
-def _convert_message(report: RowReporter, message: Any, field: str) -> tuple[dict, str] | None:
+def _convert_message(
+    report: RowReporter, message: Any, field: str, roles: RoleNames
+) -> tuple[dict, str] | None:
     """One message in OpenAI (role/content) or ShareGPT (from/value) style -> (message, content field)."""
     if not isinstance(message, dict):
         report.error(field, f"expected a message {{role, content}}, got {describe_value(message)}")
@@ -499,11 +661,12 @@ def _convert_message(report: RowReporter, message: Any, field: str) -> tuple[dic
             return None
         return {"role": "assistant", "content": "", "tool_calls": calls}, content_field
 
-    role = ROLE_ALIASES.get(name)
+    role = roles.lookup(name, raw_role, sharegpt=role_key == "from")
     if role is None:
         report.error(
             f"{field}.{role_key}",
-            f"role {raw_role!r} is not one of {', '.join(('system', 'user', 'assistant', 'tool'))}",
+            f"role {raw_role!r} is not one of {', '.join(ROLES)}; if it is one of them under another name, "
+            f"map it in the run file with data.roles, e.g. roles: {{assistant: [{raw_role.strip()}]}}",
         )
         return None
 
@@ -551,7 +714,7 @@ def _convert_message(report: RowReporter, message: Any, field: str) -> tuple[dic
 
 
 def _convert_messages(
-    report: RowReporter, value: Any, field: str
+    report: RowReporter, value: Any, field: str, roles: RoleNames
 ) -> tuple[list[dict], list[tuple[str, str]]] | None:
     value = _maybe_json_list(value)
     if not isinstance(value, list):
@@ -564,7 +727,7 @@ def _convert_messages(
     fields: list[tuple[str, str]] = []
     ok = True
     for i, item in enumerate(value):
-        converted = _convert_message(report, item, f"{field}[{i}]")
+        converted = _convert_message(report, item, f"{field}[{i}]", roles)
         if converted is None:
             ok = False  # keep going: report every bad message of the row
             continue
@@ -573,10 +736,22 @@ def _convert_messages(
     return (messages, fields) if ok else None
 
 
+def _same_text_key(text: str) -> str:
+    """Text compared for "the answer is the prompt": whitespace and case do not matter."""
+    return " ".join(text.split()).casefold()
+
+
+def _has_answer(messages: Sequence[dict]) -> bool:
+    return any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages)
+
+
 class _Converter:
     """Turns one raw row into one normalised example for a given format and column mapping."""
 
-    def __init__(self, guess: FormatGuess) -> None:
+    def __init__(self, guess: FormatGuess, roles: RoleNames) -> None:
+        self.roles = roles
+        self.empty_answer: list[int] = []  # rows whose trained side is empty, null or missing
+        self.echo: list[int] = []  # rows whose answer is the same text as their prompt
         self.format = guess.format
         self.columns = guess.columns
         self.required = [guess.columns[k] for k in REQUIRED[guess.format]]
@@ -588,12 +763,46 @@ class _Converter:
             "alpaca": self._alpaca,
         }[guess.format]
 
+    @property
+    def answer_column(self) -> str:
+        """Our name for the column that holds what is trained."""
+        return {"text": "text", "prompt_completion": "completion", "alpaca": "output"}.get(
+            self.format, "messages" if "messages" in self.columns else "conversations"
+        )
+
     def __call__(self, report: RowReporter, row: dict) -> dict | None:
         missing = [c for c in self.required if c not in row]
         if missing:
             self._report_missing(report, row, missing)
+            if self.columns[self.answer_column] in missing:
+                self.empty_answer.append(report.row)
             return None
         return self.convert(report, row)
+
+    def _empty(self, report: RowReporter, value: Any) -> None:
+        """Remember a row whose trained side is null or blank (the row's error is reported by the caller)."""
+        if value is None or (isinstance(value, str) and not value.strip()) or value == []:
+            self.empty_answer.append(report.row)
+
+    def _check_echo(
+        self, report: RowReporter, answer: str, prompts: Sequence[tuple[str, str | None]], field: str
+    ) -> None:
+        """Note a row whose trained answer is the same text as a prompt field (``prompts``: (field, text)), for the
+        dataset-level check, and warn on the row. An Alpaca ``input`` equal to the output is counted but not
+        warned about: tasks such as "fix the grammar" legitimately return the input unchanged now and then."""
+        said = _same_text_key(answer)
+        if not said:
+            return
+        for name, text in prompts:
+            if text is not None and _same_text_key(text) == said:
+                self.echo.append(report.row)
+                if not name.startswith("the input"):
+                    report.warn(
+                        field,
+                        f"the answer is the same text as {name}; training on it teaches the model to repeat its "
+                        "prompt (check data.columns)",
+                    )
+                return
 
     def _report_missing(self, report: RowReporter, row: dict, missing: list[str]) -> None:
         keys = ", ".join(f"'{k}'" for k in row) or "no keys"
@@ -613,6 +822,7 @@ class _Converter:
     def _text(self, report: RowReporter, row: dict) -> dict | None:
         col = self.columns["text"]
         text = report.text(row[col], col)
+        self._empty(report, row[col])
         if text is None:
             return None
         if not text.strip():
@@ -627,6 +837,7 @@ class _Converter:
             return self._prompt_completion_conversational(report, prompt, completion, pcol, ccol)
         p = report.text(prompt, pcol)
         c = report.text(completion, ccol)
+        self._empty(report, completion)
         if p is None or c is None:
             return None
         if not c.strip():
@@ -634,6 +845,7 @@ class _Converter:
             return None
         if not p.strip():
             report.warn(pcol, "the prompt is empty")
+        self._check_echo(report, c, [(f"the prompt ('{pcol}')", p)], ccol)
         return {"prompt": p, "completion": c}
 
     def _prompt_completion_conversational(
@@ -642,7 +854,7 @@ class _Converter:
         parts: list[tuple[list[dict], list[tuple[str, str]]] | None] = []
         for value, col, role in ((prompt, pcol, "user"), (completion, ccol, "assistant")):
             if isinstance(value, list):
-                parts.append(_convert_messages(report, value, col))
+                parts.append(_convert_messages(report, value, col, self.roles))
             else:  # a plain string beside a list of messages: wrap it as one message
                 text = report.text(value, col)
                 parts.append(([{"role": role, "content": text}], [(col, col)]) if text is not None else None)
@@ -657,9 +869,23 @@ class _Converter:
             report.error(ccol, "the completion has no assistant message; there is nothing to train")
         if p_msgs and c_msgs:
             check_conversation(report, p_msgs + c_msgs, p_fields + c_fields, pcol, require_assistant=False)
+        if not _has_answer(c_msgs):
+            self.empty_answer.append(report.row)
         if report.has_error:
             return None
+        self._check_conversation_echo(report, p_msgs + c_msgs, ccol)
         return {"prompt": p_msgs, "completion": c_msgs}
+
+    def _check_conversation_echo(self, report: RowReporter, messages: list[dict], field: str) -> None:
+        previous = None
+        for message in messages:
+            if message["role"] == "assistant" and previous is not None and previous["role"] == "user":
+                self._check_echo(
+                    report, message["content"], [("the user message before it", previous["content"])], field
+                )
+                if self.echo and self.echo[-1] == report.row:
+                    return
+            previous = message
 
     def _tools(self, report: RowReporter, row: dict) -> tuple[bool, list[dict] | None]:
         col = self.columns.get("tools")
@@ -680,7 +906,7 @@ class _Converter:
 
     def _conversation(self, report: RowReporter, row: dict) -> dict | None:
         col = self.columns.get("messages") or self.columns["conversations"]
-        converted = _convert_messages(report, row[col], col)
+        converted = _convert_messages(report, row[col], col, self.roles)
         ok_system, system = self._system(report, row)
         ok_tools, tools = self._tools(report, row)
         if converted is None or not ok_system or not ok_tools:
@@ -690,8 +916,11 @@ class _Converter:
             messages = [system, *messages]
             fields = [(self.columns["system"], self.columns["system"]), *fields]
         check_conversation(report, messages, fields, col)
+        if not _has_answer(messages):
+            self.empty_answer.append(report.row)
         if report.has_error:
             return None
+        self._check_conversation_echo(report, messages, col)
         return {"messages": messages, "tools": tools}
 
     def _alpaca(self, report: RowReporter, row: dict) -> dict | None:
@@ -702,6 +931,7 @@ class _Converter:
         extra = None
         if cols.get("input") and row.get(cols["input"]) is not None:
             extra = report.text(row[cols["input"]], cols["input"])
+        self._empty(report, row[ocol])
         ok_system, system = self._system(report, row)
         history = self._history(report, row)
         if instruction is None or output is None or not ok_system or history is None or report.has_error:
@@ -713,6 +943,12 @@ class _Converter:
             report.error(ocol, "the output is empty; there is nothing to train")
         if report.has_error:
             return None
+        prompts = [
+            (f"the instruction ('{icol}')", instruction),
+            ("the instruction and input", user),
+            (f"the input ('{cols.get('input')}')", extra),
+        ]
+        self._check_echo(report, output, prompts, ocol)
         messages = ([system] if system else []) + history
         messages.append({"role": "user", "content": user})
         messages.append({"role": "assistant", "content": output})
@@ -749,22 +985,28 @@ def normalize_dataset(
     columns: Mapping[str, str] | None = None,
     placeholders: Mapping[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    roles: Mapping[str, str | Sequence[str]] | None = None,
 ) -> NormalizedDataset:
     """Detect (or take) the format, convert every row to TRL's format and validate it.
 
     Every input row yields one entry in ``examples``: the normalised example, or ``None`` when the
     row has an ``"error"`` problem (a row is never dropped silently). ``placeholders`` fills
-    ``{{name}}`` in all text; any ``{{word}}`` left gives one warning per row. ``progress(done,
-    total)`` is called every ~1000 rows; raising from it cancels. Raises :class:`DataError` when the
-    format cannot be determined or ``columns`` names a missing column.
+    ``{{name}}`` in all text; any ``{{word}}`` left gives one warning per row. ``roles`` maps our
+    roles to the data's role names (``data.roles``: ``{"assistant": ["bot"]}``); unusual names read
+    through a built-in alias are listed in ``notes``. A column mapping that makes most rows useless
+    (the answer equals the prompt, or the trained side is empty) is a ``dataset_problems`` entry.
+    ``progress(done, total)`` is called every ~1000 rows; raising from it cancels. Raises
+    :class:`DataError` when the format cannot be determined, ``columns`` names a missing column, or
+    one column is given two roles.
     """
+    role_names = RoleNames(roles)
     if format == "auto":
         guess = detect_format(raw, columns)
     elif format in FORMATS:
         guess = _guess_for(format, raw, columns)
     else:
         raise DataError(f"unknown format '{format}'; use one of: auto, {', '.join(FORMATS)}", file=raw.source)
-    convert = _Converter(guess)
+    convert = _Converter(guess, role_names)
     problems: list[RowProblem] = list(raw.problems)
     examples: list[dict | None] = []
     total = len(raw.rows)
@@ -780,6 +1022,7 @@ def normalize_dataset(
             index, file, lines[index] if index < len(lines) else None, problems, placeholders
         )
         example = convert(report, row)
+        role_names.end_row()
         report.finish()
         examples.append(None if report.has_error else example)
         if example is None and not report.has_error:  # defensive: never drop a row without saying why
@@ -795,4 +1038,37 @@ def normalize_dataset(
         columns=dict(guess.columns),
         source=raw.source,
         reason=guess.reason,
+        dataset_problems=_dataset_problems(convert, guess, sum(row is not None for row in raw.rows), columns),
+        notes=role_names.notes(),
     )
+
+
+def _dataset_problems(
+    convert: _Converter, guess: FormatGuess, rows: int, overrides: Mapping[str, str] | None
+) -> list[str]:
+    """Problems of the mapping as a whole: most rows echo their prompt, or most have nothing to train."""
+    out: list[str] = []
+    if not rows:
+        return out
+    answer = convert.answer_column
+    column = guess.columns[answer]
+    key = f"data.columns.{answer}"
+    how = "as set in the run file" if overrides and answer in overrides else "found automatically"
+    echo = len(set(convert.echo))
+    if echo * 2 > rows:
+        prompt_columns = [
+            f"{k} '{v}'" for k, v in guess.columns.items() if k in ("prompt", "instruction", "input")
+        ]
+        prompt = f" ({', '.join(prompt_columns)})" if prompt_columns else ""
+        out.append(
+            f"the answer is the same text as the prompt in {echo} of {rows} rows: the {answer} is read from "
+            f"column '{column}' ({how}) and the prompt{prompt}; training would teach the model to repeat its "
+            f"prompt. Check {key}"
+        )
+    empty = len(set(convert.empty_answer))
+    if empty * 2 > rows:
+        out.append(
+            f"nothing to train in {empty} of {rows} rows: the {answer} (column '{column}', {how}) is empty, null "
+            f"or missing there. Check {key}"
+        )
+    return out

@@ -33,7 +33,10 @@ def test_counts_truncation_and_lost_end_of_turn(tmp_path, tiny_model_factory):
     assert 0 < report.trained_share < 1
     assert not report.clean
     text = format_report(report)
-    assert "rows 1: the answer's end-of-turn token is cut off" in text
+    assert "1 row lose the end of a trained answer to truncation at max_length 200" in text
+    assert f"data.jsonl:2: row 1: {report.eos_lost_tokens[0]} tokens" in text
+    (cut,) = [p for p in report.problems if p.row == 1]  # the row is not "ok": it carries the problem
+    assert cut.line == 2 and cut.field == "messages" and "end-of-turn token" in cut.message
 
 
 def test_parity_reports_a_template_whose_generation_prompt_differs(tmp_path, tiny_model_factory):

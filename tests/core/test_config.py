@@ -69,6 +69,7 @@ def everything_changed() -> RunConfig:
             train_on="assistant",
             max_length=512,
             columns={"messages": "conversations", "tools": "functions"},
+            roles={"assistant": "bot, gpt", "user": "human"},
             eval_path="/data/eval.jsonl",
             eval_fraction=0.0,  # must stay 0 with an eval_path; see the_other_changes()
             placeholders={"name": "Studio", "author": "2024", "quote": "yes: no # not a comment"},
