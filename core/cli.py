@@ -228,6 +228,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         lock = RunDirLock(out).acquire()
     except RunDirBusy as exc:
         raise _UserError(str(exc)) from None
+    except OSError as exc:  # read-only folder, a file in the way, a full disk: nothing was written
+        raise _UserError(_output_dir_error(out, exc)) from None
     (out / "STOP").unlink(missing_ok=True)
     # Started by the app, EOF on stdin means the app is gone: stop (and save) rather than linger as an orphan.
     # From a terminal, stdin is read only when it is a pipe (`echo stop | ...`); a TTY is left alone (a run in the
@@ -274,6 +276,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     how = f"stopped ({control.stop_reason}) at step {result.steps}" if result.stopped_early else f"done: {result.steps} steps"
     print(f"{how}, adapter saved to {result.adapter_dir}", file=sys.stderr)
     return EXIT_OK
+
+
+def _output_dir_error(out: Path, exc: OSError) -> str:
+    """Why the run folder cannot be used, naming it (not the .lock file inside it)."""
+    import errno
+
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = "the folder is not writable (permission denied)" if exc.errno != errno.EROFS else (
+            "the folder is on a read-only file system")
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        reason = "a file is in the way where the folder should be"
+    elif exc.errno == errno.ENOSPC:
+        reason = "the disk is full"
+    return f"output_dir {out}: cannot write the run there: {reason}. Choose another output_dir (--set output_dir=PATH)"
 
 
 def _exit_code(kind: str) -> int:
@@ -459,6 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a file or folder the command must write or read: say which, never a traceback
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
 
 
 if __name__ == "__main__":
