@@ -294,12 +294,14 @@ class DistributedSettings:
         "Without GPUs, several CPU processes talk over gloo.",
         min=1,
         max=1024,
+        advanced=True,  # folded away: most machines have one GPU (the probe offers it when it sees several)
     )
     strategy: str = _distributed(
         "ddp",
         "How the processes share the work: ddp copies the model to each GPU; fsdp shards weights, gradients and "
         "optimizer state across them; deepspeed_zero2 / deepspeed_zero3 need DeepSpeed installed.",
         choices=DISTRIBUTED_STRATEGIES,
+        advanced=True,
     )
     fsdp_cpu_offload: bool = _distributed(
         False, "With fsdp: keep sharded parameters in CPU memory between uses (slower, fits larger models).",
