@@ -7,6 +7,7 @@
 ``python -m core.export_cli ...`` runs the same commands on their own.
 
     sft-studio export RUN_DIR --adapter OUT [--merged OUT] [--gguf OUT] [--hub USER/NAME] [--dtype auto]
+    sft-studio export RUN_DIR --script OUT     # standalone TRL + PEFT script (works before training too)
     sft-studio evaluate RUN_DIR [--max-new-tokens 128] [--limit 20] [--json]
     sft-studio chat-worker            # JSON-lines protocol on stdin/stdout, see core.chat
 """
@@ -39,6 +40,9 @@ def add_export_parsers(subparsers: Any) -> None:
     ex.add_argument("--gguf-type", default="f16", choices=("f16", "bf16", "f32", "q8_0", "auto"),
                     help="GGUF tensor type (default f16)")
     ex.add_argument("--hub", metavar="USER/NAME", help="push the adapter to this Hugging Face Hub repository")
+    ex.add_argument("--script", metavar="OUT",
+                    help="write a standalone TRL + PEFT train.py (+ config.yaml and the data) into folder OUT that "
+                    "trains exactly the tokens the studio trains, without SFT Studio; needs only RUN_DIR/run.yaml")
     ex.add_argument("--public", action="store_true", help="create the Hub repository public (default private)")
     ex.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                     help="precision of the merged weights (auto: bf16 on GPUs that support it, else fp32 on CPU)")
@@ -77,17 +81,32 @@ def _error(message: str) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from core.export import ExportError, export_run
 
-    if not (args.adapter or args.merged or args.gguf or args.hub):
-        _error("nothing to export: give --adapter OUT, --merged OUT, --gguf OUT and/or --hub USER/NAME")
+    script = getattr(args, "script", None)
+    if not (args.adapter or args.merged or args.gguf or args.hub or script):
+        _error("nothing to export: give --adapter OUT, --merged OUT, --gguf OUT, --script OUT and/or --hub USER/NAME")
         return EXIT_USAGE
 
     def progress(message: str) -> None:
         print(f"export: {message}", file=sys.stderr, flush=True)
 
+    if script:
+        from core.script_export import load_script_config
+
+        try:
+            load_script_config(args.run_dir)
+        except ExportError as exc:  # no run.yaml, or a broken one: unusable input, nothing written
+            _error(str(exc))
+            return EXIT_USAGE
+    results = []
     try:
-        results = export_run(args.run_dir, adapter=args.adapter, merged=args.merged, gguf=args.gguf, hub=args.hub,
-                             dtype=args.dtype, device=args.device, gguf_type=args.gguf_type, overwrite=args.overwrite,
-                             private=not args.public, progress=progress)
+        if args.adapter or args.merged or args.gguf or args.hub:
+            results = export_run(args.run_dir, adapter=args.adapter, merged=args.merged, gguf=args.gguf, hub=args.hub,
+                                 dtype=args.dtype, device=args.device, gguf_type=args.gguf_type,
+                                 overwrite=args.overwrite, private=not args.public, progress=progress)
+        if script:
+            from core.script_export import export_script
+
+            results.append(export_script(args.run_dir, script, overwrite=args.overwrite, progress=progress))
     except ExportError as exc:
         _error(str(exc))
         return EXIT_FAILED

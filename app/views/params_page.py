@@ -149,6 +149,7 @@ class MemoryBar(QWidget):
 class ParamsPage(QWidget):
     probed = Signal(dict)  # the probe's JSON (device, model, estimate, errors)
     dryRunFinished = Signal(dict)
+    scriptSaved = Signal(dict)  # the script export's result (path, files, notes) or {"error": message}
 
     def __init__(self, session: StudioSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -175,8 +176,12 @@ class ParamsPage(QWidget):
         self.copy_button.setToolTip("Copy the exact `sft-studio train` line for this run file to the clipboard")
         self.copy_button.clicked.connect(self.copy_command)
         self.script_button = QPushButton("Save as script…")
-        self.script_button.setToolTip("A standalone TRL + PEFT Python script that reproduces this run")
+        self.script_button.setToolTip("A folder with a standalone TRL + PEFT train.py (+ its settings and data) that "
+                                      "trains exactly the tokens this run trains, without SFT Studio")
         self.script_button.clicked.connect(self.save_script_dialog)
+        self.choose_folder: Callable[[], str | None] | None = None  # tests: instead of the folder dialog
+        self._script_job = None  # the `sft-studio export --script` child
+        self.script_result: dict | None = None
         bar = QHBoxLayout()
         bar.addWidget(QLabel("Preset:"))
         bar.addWidget(self.preset_combo)
@@ -369,20 +374,79 @@ class ParamsPage(QWidget):
             window.statusBar().showMessage(f"Copied: {line}", 5000)
         return line
 
-    def save_script(self, path: str | Path) -> Path:
-        from core.script_export import training_script
+    def script_destination(self, chosen: str | Path) -> Path:
+        """An empty (or new) folder is used as it is; a folder with files gets a new ``<run>-script`` sub-folder."""
+        folder = Path(chosen).expanduser()
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+            return folder
+        name = f"{Path(str(self.config.output_dir)).name or 'run'}-script"
+        target, n = folder / name, 2
+        while target.exists():
+            target, n = folder / f"{name}-{n}", n + 1
+        return target
 
-        path = Path(path)
-        path.write_text(training_script(self.config, str(self.session.run_file) if self.session.run_file else None),
-                        encoding="utf-8")
-        return path
+    def save_script(self, dest: str | Path) -> bool:
+        """Export the current settings as a script folder at ``dest`` through ``sft-studio export RUN --script``
+        (core.script_export, in a child: the GUI process never imports torch). The result arrives as
+        :attr:`scriptSaved`; False when an export is already running."""
+        if self._script_job is not None:
+            return False
+        from app.workers.chat_client import StudioChild, studio_child_command
+        from core.config import resolve_paths
+
+        run_dir = Path(tempfile.mkdtemp(prefix="script-run-", dir=self._probe_dir.name))
+        base = self.session.run_file.parent if self.session.run_file else Path.cwd()
+        save_run_config(resolve_paths(self.config, base), run_dir / "run.yaml")
+        job = StudioChild(studio_child_command("export", str(run_dir), "--script", str(dest), "--json"), self)
+        job.lineReceived.connect(self._on_script_line)
+        job.finished.connect(lambda code, j=job, d=str(dest): self._on_script_finished(j, code, d))
+        self._script_job = job
+        self.script_button.setEnabled(False)
+        self._status("Save as script: building every trained row…")
+        job.start()
+        return True
+
+    def _status(self, text: str, timeout_ms: int = 0) -> None:
+        window = self.window()
+        if hasattr(window, "statusBar"):
+            window.statusBar().showMessage(text, timeout_ms)
+
+    def _on_script_line(self, line: str) -> None:
+        if line.startswith("export: "):
+            self._status("Save as script: " + line.removeprefix("export: "))
+
+    def _on_script_finished(self, job: Any, code: int, dest: str) -> None:
+        if job is not self._script_job:
+            return
+        self._script_job = None
+        self.script_button.setEnabled(True)
+        try:
+            results = json.loads("\n".join(job.stdout_lines))
+            result = next((r for r in results if r.get("kind") == "script"), {})
+        except (ValueError, AttributeError):
+            result = {}
+        if code != 0 or not result or result.get("error"):
+            errors = [line.removeprefix("error: ") for line in job.stderr_tail if line.startswith("error: ")]
+            message = result.get("error") or (errors[-1] if errors else "") or job.tail(3) or f"exit {code}"
+            result = {"error": message}
+            self.banner.show_message("error", result["error"], "Save as script failed:")
+            self._status("")
+        else:
+            notes = [str(n) for n in result.get("notes", [])]
+            self.banner.show_message("info", "\n".join(notes[:3]), f"Saved the script to {result.get('path', dest)}:")
+            self._status(f"Saved {Path(str(result.get('path', dest))) / 'train.py'}", 8000)
+        self.script_result = result
+        job.deleteLater()
+        self.scriptSaved.emit(result)
 
     def save_script_dialog(self) -> None:
-        start = str(Path(str(self.config.output_dir)).name or "train") + "_trl.py"
-        path, _ = QFileDialog.getSaveFileName(self, "Save training script", start, "Python (*.py)")
-        if path:
-            self.save_script(path)
-            self.window().statusBar().showMessage(f"Saved {path}", 5000)
+        if self.choose_folder is not None:
+            chosen = self.choose_folder()
+        else:
+            start = str(Path(str(self.config.output_dir)).expanduser().resolve().parent)
+            chosen = QFileDialog.getExistingDirectory(self, "Save the training script into…", start)
+        if chosen:
+            self.save_script(self.script_destination(chosen))
 
     # -- probe (device, model, memory estimate) -------------------------------------------------------
     def showEvent(self, event) -> None:  # noqa: ANN001, N802
@@ -588,6 +652,10 @@ class ParamsPage(QWidget):
         self.dryRunFinished.emit(result)
 
     def shutdown(self) -> None:
+        if self._script_job is not None:
+            job, self._script_job = self._script_job, None
+            job.kill()
+            job.wait(5000)
         if self._dry is not None:
             self._dry.kill()
             self._dry.wait(10_000)

@@ -136,15 +136,53 @@ def test_qlora_is_refused_on_cpu_with_an_explanation(page):
     assert page.session.config.model.load_in_4bit is True
 
 
-def test_copy_command_and_save_script(page, tmp_path):
+def test_copy_command(page, tmp_path):
     page.session.run_file = tmp_path / "my run.yaml"
     line = page.copy_command()
     assert line == train_command_line(tmp_path / "my run.yaml") == f"sft-studio train --config '{tmp_path}/my run.yaml'"
     assert QApplication.clipboard().text() == line
-    script = page.save_script(tmp_path / "train.py").read_text()
+
+
+def test_save_as_script_writes_the_script_folder_through_the_cli(page, qtbot, tmp_path, make_config):
+    """"Save as script…" runs `sft-studio export RUN --script OUT` (core.script_export) on the current settings in a
+    child: the folder holds train.py, its settings and the rows; the GUI process never imports torch."""
+    import json
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
+                                                     {"role": "assistant", "content": "Hello!"}]}) + "\n"
+                            for i in range(4)))
+    cfg = make_config(data, family="chatml")
+    cfg.output_dir = str(tmp_path / "runs" / "r1")
+    page.session.config = cfg
+    chosen = tmp_path / "scripts"
+    chosen.mkdir()
+    (chosen / "other.txt").write_text("keep")  # a folder with files: the script gets its own sub-folder
+    page.choose_folder = lambda: str(chosen)
+    with qtbot.waitSignal(page.scriptSaved, timeout=180_000) as blocker:
+        page.save_script_dialog()
+        assert not page.script_button.isEnabled()
+    result = blocker.args[0]
+    assert not result.get("error"), result
+    out = chosen / "r1-script"
+    assert result["path"] == str(out) and page.script_button.isEnabled()
+    script = (out / "train.py").read_text()
     compile(script, "train.py", "exec")
-    assert "SFTTrainer(" in script and "LoraConfig(" in script and "import sft_studio" not in script
-    assert "core." not in script
+    assert "SFTTrainer(" in script and "LoraConfig(" in script and "from core" not in script
+    assert "tokens mode" in script  # SmolLM2's plain ChatML: TRL cannot patch it, the studio's tokens are written
+    for name in ("config.yaml", "run.yaml", "data/train.jsonl"):
+        assert (out / name).is_file(), name
+    assert "Saved the script" in page.banner.text() and not (tmp_path / "runs" / "r1").exists()
+    assert (chosen / "other.txt").read_text() == "keep"
+    assert page.script_destination(chosen) == chosen / "r1-script-2"
+
+
+def test_save_as_script_reports_a_failure(page, qtbot, tmp_path, make_config):
+    page.session.config = make_config(tmp_path / "missing.jsonl")
+    with qtbot.waitSignal(page.scriptSaved, timeout=120_000) as blocker:
+        assert page.save_script(tmp_path / "out")
+    assert "missing.jsonl" in blocker.args[0]["error"]
+    assert "failed" in page.banner.text() and not (tmp_path / "out").exists()
 
 
 def test_the_probe_child_reports_device_model_and_fit(page, qtbot, tiny_model_factory):
