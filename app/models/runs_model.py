@@ -20,7 +20,7 @@ COLUMNS = ("Name", "Model", "Dataset", "Status", "Final loss", "Steps", "Duratio
 @dataclass
 class RunInfo:
     path: Path
-    status: str  # finished | stopped | failed | interrupted | running | not started
+    status: str  # finished | stopped | failed | killed | interrupted | running | not started
     model: str = ""
     dataset: str = ""
     final_loss: float | None = None
@@ -84,7 +84,7 @@ def read_run(path: str | Path) -> RunInfo | None:
         info.status = "stopped" if last_end.get("stopped_early") else "finished"
         info.steps = last_end.get("steps", info.steps)
     else:
-        info.status = "failed"
+        info.status = "killed" if last_end.get("kind") == "killed" else "failed"
         info.failure = f"{last_end.get('kind')}: {last_end.get('message')}"
     return info
 
@@ -208,7 +208,8 @@ class RunsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ForegroundRole and col == "Status":
             from PySide6.QtGui import QColor
 
-            colour = {"failed": "#d9534f", "finished": "#2e9e4f", "interrupted": "#b8860b", "running": "#4a90d9"}
+            colour = {"failed": "#d9534f", "killed": "#d9534f", "finished": "#2e9e4f", "interrupted": "#b8860b",
+                      "stopped": "#b8860b", "running": "#4a90d9"}
             return QColor(colour[run.status]) if run.status in colour else None
         if role == Qt.ItemDataRole.UserRole:
             return run

@@ -86,7 +86,7 @@ def _several_gpus_hint(device: dict, num_processes: int) -> list[str]:
         return []
     if num_processes > 1:
         return [f"<b>GPUs:</b> {count} visible; this run trains on {num_processes} of them through accelerate."]
-    return [f"<b>GPUs:</b> {count} visible; set Hardware › num_processes to {count} to train on all of them "
+    return [f"<b>GPUs:</b> {count} visible; set Hardware › Advanced › num_processes to {count} to train on all of them "
             "(DDP, or FSDP to shard a model too big for one GPU)."]
 
 
@@ -217,6 +217,10 @@ class ParamsPage(QWidget):
                                    "peak memory and tokens/s and gives the ETA of the whole run")
         self.dry_button.clicked.connect(self.start_dry_run)
         self.dry_run_blocker: Callable[[], str | None] | None = None  # set by the main window: a training runs
+        self._probe_started = 0.0
+        self._probe_clock = QTimer(self)
+        self._probe_clock.setInterval(1000)
+        self._probe_clock.timeout.connect(self._show_probe_wait)
         self._dry_clock = QTimer(self)
         self._dry_clock.setInterval(1000)
         self._dry_clock.timeout.connect(self._show_dry_status)
@@ -252,6 +256,7 @@ class ParamsPage(QWidget):
         split.setStretchFactor(1, 2)
         split.setSizes([760, 480])
         layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("<h2 style='margin:0'>Hyperparameters</h2>"))
         layout.addLayout(bar)
         layout.addWidget(self.banner)
         layout.addWidget(split, 1)
@@ -481,13 +486,27 @@ class ParamsPage(QWidget):
         proc.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
         proc.finished.connect(lambda code, _status, p=proc: self._on_probe_finished(p, code))
         self._process = proc
-        self.verdict_label.setText("<i>Estimating memory…</i>")
+        self._probe_started = time.monotonic()
+        self._show_probe_wait()
+        self._probe_clock.start()
         proc.start()
+
+    def _show_probe_wait(self) -> None:
+        """While the child estimates: what it does and for how long (the form stays usable meanwhile)."""
+        if self._process is None:
+            self._probe_clock.stop()
+            return
+        elapsed = int(time.monotonic() - self._probe_started)
+        self.verdict_label.setText(
+            f"<i>Estimating memory in the background… {elapsed} s</i>"
+            + ("<br><i>the first check of a GGUF model reads its whole header once; later checks are instant</i>"
+               if elapsed >= 5 else ""))
 
     def _on_probe_finished(self, proc: QProcess, code: int) -> None:
         if proc is not self._process:
             return
         self._process = None
+        self._probe_clock.stop()
         out = bytes(proc.readAllStandardOutput()).decode("utf-8", errors="replace").strip().splitlines()
         err = bytes(proc.readAllStandardError()).decode("utf-8", errors="replace")
         proc.deleteLater()
@@ -511,7 +530,11 @@ class ParamsPage(QWidget):
         if device:
             mem = f", {device['total_memory'] / GiB:.1f} GiB" if device.get("total_memory") else ""
             lines.append(f"<b>Device:</b> {html.escape(device['kind'].upper())} — {html.escape(device['name'])}{mem}")
-            lines.extend(_several_gpus_hint(device, self.config.distributed.num_processes))
+            several = _several_gpus_hint(device, self.config.distributed.num_processes)
+            lines.extend(several)
+            toggle = self.form.advanced_toggles.get("Hardware")
+            if several and toggle is not None:
+                toggle.setChecked(True)  # the multi-GPU settings are folded away on one-GPU machines only
         elif "device" in errors:
             lines.append(f"<b>Device:</b> unknown ({html.escape(errors['device'])})")
         if model:

@@ -279,7 +279,7 @@ class RunsPage(QWidget):
     def _update_buttons(self) -> None:
         runs = self.selected_runs()
         one = len(runs) == 1
-        self.resume_button.setEnabled(one and runs[0].status in ("interrupted", "failed", "stopped")
+        self.resume_button.setEnabled(one and runs[0].status in ("interrupted", "failed", "killed", "stopped")
                                       and (runs[0].path / "checkpoints").is_dir())
         self.duplicate_button.setEnabled(one and runs[0].config is not None)
         self.delete_button.setEnabled(bool(runs) and all(r.status != "running" for r in runs))

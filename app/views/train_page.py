@@ -209,6 +209,8 @@ class TrainPage(QWidget):
         colour = {FAILED: "#d9534f", FINISHED: "#1f7a3a", PAUSED: "#b8860b", INTERRUPTED: "#b8860b",
                   STOPPED: "#b8860b"}.get(state)
         text = words[state]
+        if state == FAILED and self.failure is not None and self.failure[0] == "killed":
+            text = "Killed"
         if state == STOPPED:
             text += f" at {_step_of(self.finished_event)}"
         if self.run_dir is not None and state not in (IDLE,):

@@ -17,6 +17,7 @@ is for; both pipes are drained continuously so neither can fill up and stall the
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import queue
@@ -337,7 +338,30 @@ class TrainingSupervisor(QObject):
             message = f"the trainer exited with code {code} without reporting why"
             hint = "The log tail shows its last output. " + resume_hint
         self._note_in_train_log(f"{message}\n{stderr_tail}")
+        self._record_end(kind, message, hint)
         emit_signal(self.failed, kind, message, hint, stderr_tail)
+
+    def _record_end(self, kind: str, message: str, hint: str) -> None:
+        """The child died without its own end event: append one to ``events.jsonl`` (after the child is gone, so
+        nothing else writes it), so the Runs page, a reopened Train page and the CLI tell the same story as the
+        live page ("killed", "crashed") instead of "interrupted"."""
+        if self.run_dir is None:
+            return
+        events = self.run_dir / "events.jsonl"
+        if not events.is_file():
+            return
+        record = {"type": "failed", "time": time.time(), "kind": kind, "message": message, "hint": hint,
+                  "recorded_by": "app"}
+        try:
+            with open(events, "rb+") as fh:
+                torn = False
+                if fh.seek(0, 2) > 0:
+                    fh.seek(-1, 2)
+                    torn = fh.read(1) != b"\n"  # a line cut by the kill: end it before ours
+                fh.seek(0, 2)
+                fh.write((("\n" if torn else "") + json.dumps(record) + "\n").encode("utf-8"))
+        except OSError:
+            pass
 
     def _note_in_train_log(self, text: str) -> None:
         """The child is dead and could not write why; keep the reason in the run directory (the source of truth)."""

@@ -166,3 +166,64 @@ def test_every_page_has_a_heading_and_an_empty_runs_folder_says_what_to_do(windo
     window.runs_page.refresh()
     assert window.runs_page.table_stack.currentWidget() is window.runs_page.empty_label
     assert "No runs yet" in window.runs_page.empty_label.text() and "Train" in window.runs_page.empty_label.text()
+
+
+def _events(run: Path, *events: dict) -> Path:
+    run.mkdir(parents=True)
+    (run / "run.yaml").write_text("output_dir: .\n")
+    lines = [json.dumps({"time": 1000.0 + i, **e}) for i, e in enumerate(events)]
+    (run / "events.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+START = {"type": "started", "device": {"kind": "cpu"}, "pid": 999_999_999, "host": "elsewhere"}
+
+
+def test_every_end_state_reads_the_same_on_the_train_and_runs_pages(window, tmp_path):
+    """finished, stopped, failed, killed, interrupted and resumed: the Train page (reopened) and the Runs page say
+    the same thing about each run, from its events.jsonl alone."""
+    from app.models.runs_model import read_run
+
+    progress = {"type": "progress", "step": 3, "total": 10}
+    cases = {
+        "finished": ([START, progress, {"type": "finished", "steps": 10, "total": 10, "stopped_early": False}],
+                     "finished", "Finished"),
+        "stopped": ([START, progress, {"type": "finished", "steps": 3, "total": 10, "stopped_early": True,
+                                       "stop_reason": "stop command"}], "stopped", "Stopped at step 3 of 10"),
+        "failed": ([START, {"type": "failed", "kind": "oom", "message": "out of memory at step 3"}], "failed",
+                   "Failed"),
+        "killed": ([START, progress, {"type": "failed", "kind": "killed", "message": "killed on request"}], "killed",
+                   "Killed"),
+        "interrupted": ([START, progress], "interrupted", "Interrupted"),
+        "resumed": ([START, progress, {"type": "failed", "kind": "killed", "message": "killed on request"},
+                     {**START, "resumed": True}, {"type": "finished", "steps": 10, "total": 10,
+                                                  "stopped_early": False}], "finished", "Finished"),
+    }
+    page = window.train_page
+    for name, (events, runs_status, train_words) in cases.items():
+        run = _events(tmp_path / name, *events)
+        assert read_run(run).status == runs_status, name
+        assert page.show_run_dir(run)
+        assert train_words in page.state_label.text(), (name, page.state_label.text())
+        assert ("Finished" in page.state_label.text()) == (runs_status == "finished"), name
+
+
+def test_a_killed_run_is_recorded_as_killed_in_its_folder(window, qtbot, open_config, make_config, tmp_path):
+    from app.models.runs_model import read_run
+
+    cfg = make_config(_chat_file(tmp_path / "chat.jsonl"))
+    cfg.output_dir = str(tmp_path / "run")
+    open_config(cfg)
+    page = window.train_page
+    _events(tmp_path / "run", START)  # the fake child writes nothing: the folder holds what a real run would
+    with open(tmp_path / "run" / "events.jsonl", "a") as fh:
+        fh.write('{"type": "metrics", "st')  # torn by the kill
+    _fake(window, "hang")
+    page.start_button.click()
+    qtbot.waitUntil(lambda: page.state == RUNNING, timeout=10_000)
+    with qtbot.waitSignal(page.runEnded, timeout=15_000):
+        page.kill_button.click()
+    assert "Killed" in page.state_label.text()
+    assert read_run(tmp_path / "run").status == "killed"  # the Runs page agrees, and so does a reopened page
+    page.show_run_dir(tmp_path / "run")
+    assert "Killed" in page.state_label.text()
