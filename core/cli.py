@@ -434,7 +434,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.exists() and not args.force:
         raise _UserError(f"{path}: already exists (use --force to overwrite)")
-    path.write_text(starter_run_yaml(), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(starter_run_yaml(), encoding="utf-8")
+    except OSError as exc:
+        raise _UserError(f"{path}: cannot write the run file ({exc.strerror or exc})") from None
     print(f"wrote {path}: trains bundled:SmolLM2-135M-Instruct on the sample data, offline. Next: "
           f"sft-studio audit --config {path}", file=sys.stderr)
     return EXIT_OK

@@ -131,3 +131,9 @@ def test_init_writes_a_valid_starter_run(tmp_path, capsys):
     cfg = load_run_config(path)
     assert cfg.model.name_or_path == "bundled:SmolLM2-135M-Instruct"
     assert main(["init", str(path)]) == 2  # no silent overwrite
+    nested = tmp_path / "new" / "folder" / "run.yaml"  # a folder that does not exist yet is made
+    assert main(["init", str(nested)]) == 0 and load_run_config(nested).data.path
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert main(["init", str(blocked / "run.yaml")]) == 2  # one error line, no traceback
+    assert "cannot write the run file" in capsys.readouterr().err
