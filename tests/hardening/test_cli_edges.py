@@ -329,7 +329,10 @@ def test_a_cut_off_last_line_still_says_so(tmp_path):
     )
 
 
-def test_a_file_the_cli_cannot_write_is_named_without_a_traceback(tmp_path, cli):
-    target = tmp_path / "no-such-folder" / "run.yaml"
-    code, _, err = cli("init", target)
-    assert code == 2 and err.startswith(f"error: {target}: No such file or directory")
+def test_a_folder_the_cli_cannot_write_is_named_without_a_traceback(tmp_path, model, cli):
+    data = tmp_path / "data.jsonl"
+    data.write_text(jsonl(OK_ROW), encoding="utf-8")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = cli("cluster-export", "--config", write_run(tmp_path, model, data), blocker / "cluster")
+    assert code == 2 and err.startswith(f"error: {blocker / 'cluster'}: ") and "Traceback" not in err
