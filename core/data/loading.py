@@ -363,8 +363,9 @@ class _JsonScanner:
     :data:`MAX_ROW_BYTES`); ``where(i)`` turns a buffer index into the file's (line, column).
     """
 
-    def __init__(self, chunks: _Chunks) -> None:
+    def __init__(self, chunks: _Chunks, whole: bool = False) -> None:
         self.chunks = chunks
+        self.whole = whole  # one value is the whole file (a split-keyed or columnar .json): no per-row limit
         self.buf = ""
         self.pos = 0
         self.line = 1  # line of buf[0]
@@ -435,7 +436,7 @@ class _JsonScanner:
 
     def _grow(self, start: int, line: int) -> bool:
         held = len(self.buf) - start
-        if held > MAX_ROW_BYTES:
+        if held > MAX_ROW_BYTES and not self.whole:
             raise DataError(
                 f"the value starting at line {line} is longer than {_mb(MAX_ROW_BYTES)}; one row cannot be that long",
                 file=self.chunks.text.source,
@@ -706,8 +707,11 @@ def _parse_json_array(source: str, text: _TextFile, progress: Progress | None) -
 def _parse_json_object_or_lines(
     source: str, text: _TextFile, split: str, progress: Progress | None
 ) -> RawDataset:
-    """A .json file starting with '{': one JSON object (columnar, split-keyed, or one row) or JSON lines."""
-    scanner = _JsonScanner(text.chunks())
+    """A .json file starting with '{': one JSON object (columnar, split-keyed, or one row) or JSON lines.
+
+    The object is the whole dataset, so it is held whole (like the rows it becomes); only its text is read in
+    pieces."""
+    scanner = _JsonScanner(text.chunks(), whole=True)
     try:
         value, first_line = scanner.value()
         more = scanner.peek()

@@ -133,6 +133,10 @@ def test_one_endless_line_is_refused_instead_of_read_whole(tmp_path, monkeypatch
     array.write_text('[{"text": "' + "a" * (3 << 20), encoding="utf-8")
     with pytest.raises(DataError, match="the value starting at line 1 is longer than 1 MiB"):
         load_raw_dataset(str(array))
+    keyed = tmp_path / "keyed.json"  # one object holding every row: no per-row limit applies to it
+    rows = [{"text": "b" * 1000} for _ in range(3000)]
+    keyed.write_text(json.dumps({"train": rows}), encoding="utf-8")
+    assert load_raw_dataset(str(keyed)).rows == rows
 
 
 @pytest.mark.parametrize(
