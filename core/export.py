@@ -1,9 +1,11 @@
 """Export a finished run: the LoRA adapter (PEFT format + tokenizer + chat template + model card), a merged
-16-bit model, a GGUF file (through llama.cpp's converter, when the user has it), or a push to the Hub.
+16-bit model, a GGUF file (through llama.cpp's converter, which comes with the studio as the ``convert-hf-to-gguf``
+package, see :mod:`core.gguf_convert`) with an Ollama Modelfile next to it, or a push to the Hub.
 
 Every export is written into a temporary folder next to the destination, verified by reloading it (logits on a
 fixed prompt), and only then renamed into place: a failure (disk full, permission denied, a bad reload) leaves
-no half-written export and raises :class:`ExportError` with a plain message.
+no half-written export and raises :class:`ExportError` with a plain message. Each result then carries a prompt
+parity report (:mod:`core.export_parity`): is the export prompted the way training prompted it?
 
 This module imports only the standard library at import time (the GUI reaches it); torch, transformers and peft
 are imported inside the functions that need them. :func:`load_run_model` is shared with the chat worker and the
@@ -17,8 +19,6 @@ import errno
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import core.gguf_convert as _gguf_convert
 from core.config import RunConfig
 
 Progress = Callable[[str], None]
@@ -35,13 +36,7 @@ PROBE_MESSAGES = [{"role": "user", "content": "Hello! Who are you, and what can 
 PROBE_TEXT = "Hello! Who are you, and what can you do?"
 GGUF_TYPES = ("f16", "bf16", "f32", "q8_0", "auto")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-LLAMA_CPP_HELP = (
-    "GGUF export needs llama.cpp's converter (convert_hf_to_gguf.py), which SFT Studio does not ship. Install it with:\n"
-    "  git clone https://github.com/ggml-org/llama.cpp\n"
-    "  pip install -r llama.cpp/requirements/requirements-convert_hf_to_gguf.txt\n"
-    "then set LLAMA_CPP_DIR to that folder (export LLAMA_CPP_DIR=$PWD/llama.cpp) or put convert_hf_to_gguf.py on "
-    "your PATH. Alternatively export the merged model (--merged) and convert it yourself."
-)
+LLAMA_CPP_HELP = _gguf_convert.LLAMA_CPP_HELP  # shown only when the converter package is missing
 
 
 class ExportError(Exception):
@@ -55,10 +50,17 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
     max_abs_diff: float | None = None  # reload check: largest logit difference on the probe prompt
     notes: list[str] = field(default_factory=list)
+    parity: Any = None  # core.export_parity.ParityReport: is the export prompted as training prompted it?
+    error: str | None = None  # this export failed (export_run reports every kind asked for); nothing was kept
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "path": self.path, "files": self.files, "max_abs_diff": self.max_abs_diff,
-                "notes": self.notes}
+        return {"kind": self.kind, "path": self.path, "ok": self.ok, "error": self.error, "files": self.files,
+                "max_abs_diff": self.max_abs_diff, "notes": self.notes,
+                "parity": self.parity.as_dict() if self.parity is not None else None}
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -581,8 +583,30 @@ def export_adapter(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str]
         reloaded = AutoTokenizer.from_pretrained(str(tmp))
         if reloaded.chat_template != tokenizer.chat_template:
             raise ExportError("verification failed: the chat template did not survive the reload")
+        _say(progress, "checking prompt parity with training")
+        parity = _parity(lambda: _adapter_parity(run, tokenizer, tmp), "adapter", target)
         files = _check_inside(tmp)
-    return ExportResult("adapter", str(target), files, diff)
+    return ExportResult("adapter", str(target), files, diff, parity=parity)
+
+
+def _adapter_parity(run: RunArtifacts, tokenizer: Any, folder: Path) -> Any:
+    from core.export_parity import base_generation_eos_ids, check_hf_export, training_facts
+
+    stop_ids, where = base_generation_eos_ids(run)
+    return check_hf_export(training_facts(run, tokenizer), folder, "adapter", stop_ids=stop_ids, stop_where=where)
+
+
+def _parity(check: Callable[[], Any], kind: str, target: Path) -> Any:
+    """Run a parity check; a failure of the check itself is reported in the result, never fails the export."""
+    from core.export_parity import ParityCheck, ParityReport
+
+    try:
+        report = check()
+    except Exception as exc:  # noqa: BLE001 - the export is verified already; the report says what went wrong
+        report = ParityReport(kind, str(target), [ParityCheck("parity check", False, f"could not run: {_first_line(exc)}",
+                                                              "")])
+    report.path = str(target) if kind != "gguf" else str(target / Path(report.path).name)
+    return report
 
 
 def export_merged(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], *, dtype: str = "auto",
@@ -593,14 +617,28 @@ def export_merged(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str],
     run = open_run_dir(run_dir)
     target = check_destination(dest, run, overwrite)
     with staged_folder(target, overwrite) as tmp:
-        result = _write_merged(run, tmp, dtype, device, progress)
+        result, facts, _, _ = _write_merged(run, tmp, dtype, device, progress)
+        _say(progress, "checking prompt parity with training")
+        fixed = [n for n in result.notes if n.startswith("generation_config.json")]
+        result.parity = _parity(lambda: _merged_parity(facts, tmp, fixed), "merged", target)
         (tmp / "README.md").write_text(model_card(run, "merged", location=str(target)), encoding="utf-8")
         result.files = _check_inside(tmp)
     result.path = str(target)
     return result
 
 
-def _write_merged(run: RunArtifacts, out: Path, dtype: str, device: str, progress: Progress | None) -> ExportResult:
+def _merged_parity(facts: Any, folder: Path, fixed: list[str]) -> Any:
+    from core.export_parity import check_hf_export
+
+    if isinstance(facts, Exception):
+        raise facts
+    return check_hf_export(facts, folder, "merged", fixed=fixed)
+
+
+def _write_merged(run: RunArtifacts, out: Path, dtype: str, device: str,
+                  progress: Progress | None) -> tuple[ExportResult, Any, Any, Any]:
+    """Merge and save into ``out``; returns the result, the training facts of the parity check (or the exception
+    that prevented reading them), the probe ids and the merged model's logits on them."""
     import gc
 
     from transformers import AutoModelForCausalLM
@@ -627,6 +665,17 @@ def _write_merged(run: RunArtifacts, out: Path, dtype: str, device: str, progres
     tokenizer.save_pretrained(str(out))
     del model
     gc.collect()
+    facts: Any
+    try:
+        from core.export_parity import add_end_of_turn_to_generation_config, training_facts
+
+        facts = training_facts(run, tokenizer)
+
+        fix = add_end_of_turn_to_generation_config(out, facts)
+        if fix:
+            notes.append(fix)
+    except Exception as exc:  # noqa: BLE001 - the parity report says it could not be checked
+        facts = exc
     _say(progress, "verifying: reloading the merged model with transformers")
     extra = {"device_map": {"": "cuda"}} if device == "cuda" else {}
     try:
@@ -638,77 +687,168 @@ def _write_merged(run: RunArtifacts, out: Path, dtype: str, device: str, progres
     diff = _compare(reference, reloaded_logits, dtype, "the reloaded merged model and base+adapter", strict=False)
     del reloaded
     gc.collect()
-    return ExportResult("merged", str(out), [], diff, notes)
+    return ExportResult("merged", str(out), [], diff, notes), facts, ids, reloaded_logits
 
 
 def find_gguf_converter() -> list[str] | None:
-    """The command that runs llama.cpp's ``convert_hf_to_gguf.py``: from ``LLAMA_CPP_DIR``, or on the PATH as
-    ``convert-hf-to-gguf`` / ``convert_hf_to_gguf.py``; None when it is not installed."""
-    root = os.environ.get("LLAMA_CPP_DIR")
-    if root:
-        script = Path(root).expanduser() / "convert_hf_to_gguf.py"
-        if script.is_file():
-            return [sys.executable, str(script)]
-    for name in ("convert-hf-to-gguf", "convert_hf_to_gguf.py"):
-        found = shutil.which(name)
-        if found:
-            return [sys.executable, found] if found.endswith(".py") else [found]
-    return None
+    """The command that runs llama.cpp's converter (``LLAMA_CPP_DIR``'s ``convert_hf_to_gguf.py``, else the
+    ``convert-hf-to-gguf`` package that comes with the studio, else one on the PATH); None when there is none."""
+    converter = _gguf_convert.find_converter()
+    return list(converter.command) if converter is not None else None
 
 
 def export_gguf(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], *, outtype: str = "f16",
                 dtype: str = "auto", device: str = "auto", overwrite: bool = False,
                 progress: Progress | None = None, timeout: float | None = None) -> ExportResult:
-    """Merge the adapter (as :func:`export_merged`), then convert to ``<dest>/<name>.<outtype>.gguf`` with
-    llama.cpp's converter; verified by reading the file back with the ``gguf`` package."""
+    """Merge the adapter (as :func:`export_merged`), convert to ``<dest>/<name>.<outtype>.gguf`` with llama.cpp's
+    converter and write an Ollama ``Modelfile`` and a model card next to it.
+
+    Verified by loading the file with transformers and comparing its logits with the merged model's
+    (:data:`core.gguf_convert.GGUF_TOLERANCE`), then checked for prompt parity with training. Before converting,
+    the training-only ``{% generation %}`` markers leave the chat template (llama.cpp's Jinja does not know them)
+    and, when training ended answers with a token that is not the tokenizer's EOS, that token becomes the GGUF's
+    EOS — otherwise llama.cpp and Ollama would not stop there."""
     if outtype not in GGUF_TYPES:
         raise ExportError(f"GGUF type must be one of {', '.join(GGUF_TYPES)}, not {outtype!r}")
-    converter = find_gguf_converter()
+    converter = _gguf_convert.find_converter()
     if converter is None:
-        env = os.environ.get("LLAMA_CPP_DIR")
-        where = f" (LLAMA_CPP_DIR={env} has no convert_hf_to_gguf.py)" if env else ""
-        raise ExportError(LLAMA_CPP_HELP.replace("converter (", f"converter{where} (", 1) if where else LLAMA_CPP_HELP)
+        raise ExportError(_gguf_convert.missing_converter_message())
     run = open_run_dir(run_dir)
     target = check_destination(dest, run, overwrite)
     filename = f"{_slug(target.name)}.{outtype}.gguf"
+    _precheck_architecture(run, converter)
     with staged_folder(target, overwrite) as tmp:
         merged = tmp / ".merged"
         merged.mkdir()
-        result = _write_merged(run, merged, dtype, device, progress)
-        _say(progress, "converting to GGUF with llama.cpp")
-        outfile = tmp / filename
-        command = [*converter, str(merged), "--outfile", str(outfile), "--outtype", outtype]
+        result, facts, ids, reference = _write_merged(run, merged, dtype, device, progress)
+        result.notes = [n for n in result.notes if not n.startswith("generation_config.json")]
+        fixed = _prepare_for_gguf(merged, facts)
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise ExportError(f"the GGUF converter did not finish within {timeout:g} s") from None
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-            raise ExportError(f"the GGUF converter ({' '.join(converter[-1:])}) failed with exit code "
-                              f"{proc.returncode}:\n{tail}")
+            _gguf_convert.check_architecture(json.loads((merged / "config.json").read_text(encoding="utf-8")),
+                                             converter)
+            _gguf_convert.check_free_space(tmp, _gguf_convert.estimated_size(merged, outtype))
+            _say(progress, f"converting to GGUF ({outtype}) with {converter.description}")
+            outfile = tmp / filename
+            _gguf_convert.run_converter(converter, merged, outfile, outtype, timeout=timeout, progress=progress)
+            _say(progress, "verifying: reading the GGUF file back")
+            from core.export_parity import read_gguf_metadata
+
+            meta = _read_gguf(outfile, read_gguf_metadata)
+            if converter.note:
+                result.notes.append(converter.note)
+            result.notes.append(f"{filename}: {meta.tensor_count} tensors ({outtype}), converted by "
+                                f"{converter.description}")
+            if not _gguf_convert.transformers_reads(meta.architecture):
+                result.notes.append(f"transformers cannot read GGUF architecture {meta.architecture!r}: the logits "
+                                    "were not compared (file structure and metadata were)")
+            elif not _gguf_convert.fits_in_memory(merged):
+                result.notes.append("not enough free memory to load a dequantised copy: the logits were not compared")
+            else:
+                _say(progress, "verifying: loading the GGUF with transformers and comparing logits")
+                comparison = _gguf_convert.compare_gguf_logits(outfile, reference, ids.cpu(), outtype)
+                if not comparison.ok:
+                    raise ExportError(f"verification failed: {comparison.describe()}; the export was not kept")
+                result.notes.append(comparison.describe())
+                result.max_abs_diff = comparison.max_abs_diff
+        except _gguf_convert.GGUFConversionError as exc:
+            raise ExportError(str(exc)) from None
         shutil.rmtree(merged)
-        if not outfile.is_file():
-            raise ExportError(f"the GGUF converter finished but wrote no {filename}")
-        _say(progress, "verifying: reading the GGUF file back")
-        tensors = _check_gguf(outfile)
-        (tmp / "README.md").write_text(model_card(run, "gguf"), encoding="utf-8")
+        _say(progress, "checking prompt parity with training; writing the Modelfile")
+        parity = _parity(lambda: _gguf_parity(facts, meta, outfile, tmp, target.name, fixed), "gguf", target)
+        result.parity = parity
+        (tmp / "README.md").write_text(model_card(run, "gguf", location=str(target)), encoding="utf-8")
         result.files = _check_inside(tmp)
-        result.notes.append(f"{filename}: {tensors} tensors ({outtype})")
+        from core.local_runners import runner_commands
+
+        runner, command = runner_commands(filename, target.name, "Modelfile")[0]
+        result.notes.append(f"{runner}, in {target}: {command}")
     result.kind, result.path = "gguf", str(target)
     return result
 
 
-def _check_gguf(path: Path) -> int:
-    try:
-        from gguf import GGUFReader
+def _precheck_architecture(run: RunArtifacts, converter: Any) -> None:
+    """Refuse an architecture the converter does not know before spending minutes on the merge."""
+    folder = run.adapter_dir if run.is_full_model else None
+    if folder is None:
+        from core.training.models import ModelError, resolve_model_source
 
-        reader = GGUFReader(str(path))
-        count = len(reader.tensors)
+        try:
+            source = resolve_model_source(run.base_spec, run.run_dir)
+        except ModelError:
+            return
+        folder = Path(source.path) if not source.gguf_file else None
+    if folder is None or not (folder / "config.json").is_file():
+        return  # a GGUF base: transformers maps it onto an architecture the converter knows
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        _gguf_convert.check_architecture(config, converter)
+    except _gguf_convert.GGUFConversionError as exc:
+        raise ExportError(str(exc)) from None
+    except (OSError, ValueError):
+        return
+
+
+def _prepare_for_gguf(merged: Path, facts: Any) -> list[str]:
+    """Adjust the merged folder the converter reads (never the merged export itself); returns what changed."""
+    import re
+
+    fixed: list[str] = []
+    marker = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
+
+    def unmark(text: str) -> str:
+        # A tag without whitespace control is equivalent to nothing; one with "-" keeps its trimming as an if-block.
+        return marker.sub(lambda m: "" if not (m.group(1) or m.group(3)) else
+                          f"{{%{m.group(1)} {'endif' if m.group(2) else 'if true'} {m.group(3)}%}}", text)
+
+    jinja = merged / "chat_template.jinja"
+    config_path = merged / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    changed = False
+    if jinja.is_file():
+        text = jinja.read_text(encoding="utf-8")
+        if marker.search(text):
+            jinja.write_text(unmark(text), encoding="utf-8")
+            fixed.append("chat template: removed the training-only {% generation %} markers (llama.cpp's Jinja does "
+                         "not know them; the rendered text is the same)")
+    if isinstance(config.get("chat_template"), str) and marker.search(config["chat_template"]):
+        config["chat_template"], changed = unmark(config["chat_template"]), True
+        if not fixed:
+            fixed.append("chat template: removed the training-only {% generation %} markers")
+    if not isinstance(facts, Exception):
+        ends = facts.end_of_turn()
+        eos = facts.tokenizer.eos_token_id
+        if ends and ends[0] != eos and config:
+            end = facts.tokenizer.convert_ids_to_tokens(ends[0])
+            old = facts.name(eos) if eos is not None else "none"
+            config["eos_token"], changed = end, True
+            fixed.append(f"EOS set to {facts.name(ends[0])}, the token training ended answers with (the tokenizer's "
+                         f"was {old}), so llama.cpp and Ollama stop there")
+    if changed:
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return fixed
+
+
+def _read_gguf(path: Path, reader: Callable[[Path], Any]) -> Any:
+    try:
+        meta = reader(path)
     except Exception as exc:  # noqa: BLE001 - any parse failure means a broken file
         raise ExportError(f"verification failed: {path.name} is not a readable GGUF file ({_first_line(exc)})") from None
-    if count == 0:
+    if meta.tensor_count == 0:
         raise ExportError(f"verification failed: {path.name} holds no tensors")
-    return count
+    return meta
+
+
+def _gguf_parity(facts: Any, meta: Any, outfile: Path, folder: Path, name: str, fixed: list[str]) -> Any:
+    """Write the Modelfile next to the GGUF and check both against training."""
+    from core.export_parity import check_gguf_export, gguf_modelfile
+    from core.local_runners import Modelfile
+
+    if isinstance(facts, Exception):
+        (folder / "Modelfile").write_text(Modelfile(outfile.name).text(), encoding="utf-8")
+        raise facts
+    modelfile = gguf_modelfile(facts, meta, outfile.name, name)
+    (folder / "Modelfile").write_text(modelfile.text(), encoding="utf-8")
+    return check_gguf_export(facts, outfile, modelfile=modelfile, fixed=fixed)
 
 
 def hub_token() -> str | None:
@@ -761,22 +901,32 @@ def push_to_hub(run_dir: str | os.PathLike[str], repo_id: str, *, private: bool 
 
 def export_run(run_dir: str | os.PathLike[str], *, adapter: str | None = None, merged: str | None = None,
                gguf: str | None = None, hub: str | None = None, **options: Any) -> list[ExportResult]:
-    """Every export asked for, in order; stops at the first failure."""
-    results = []
+    """Every export asked for, in order. Each kind is written and verified on its own, atomically, into its own
+    destination, so a failure of one (say, a tokenizer llama.cpp does not know) neither removes nor stops the
+    others: every kind gets a result, failed ones with ``error`` set and nothing written. An unusable run directory
+    raises :class:`ExportError` at once (no kind could succeed)."""
+    open_run_dir(run_dir)
+    results: list[ExportResult] = []
     common = {k: v for k, v in options.items() if k in ("overwrite", "progress")}
-    started = time.time()
+    model = {"dtype": options.get("dtype", "auto"), "device": options.get("device", "auto")}
+    jobs: list[tuple[str, str, Callable[[], ExportResult]]] = []
     if adapter:
-        results.append(export_adapter(run_dir, adapter, dtype=options.get("dtype", "auto"),
-                                      device=options.get("device", "auto"), **common))
+        jobs.append(("adapter", adapter, lambda: export_adapter(run_dir, adapter, **model, **common)))
     if merged:
-        results.append(export_merged(run_dir, merged, dtype=options.get("dtype", "auto"),
-                                     device=options.get("device", "auto"), **common))
+        jobs.append(("merged", merged, lambda: export_merged(run_dir, merged, **model, **common)))
     if gguf:
-        results.append(export_gguf(run_dir, gguf, outtype=options.get("gguf_type", "f16"),
-                                   dtype=options.get("dtype", "auto"), device=options.get("device", "auto"), **common))
+        jobs.append(("gguf", gguf, lambda: export_gguf(run_dir, gguf, outtype=options.get("gguf_type", "f16"),
+                                                       **model, **common)))
     if hub:
-        results.append(push_to_hub(run_dir, hub, private=options.get("private", True),
-                                   progress=options.get("progress")))
-    for r in results:
-        r.notes.append(f"finished {time.time() - started:.1f} s after the start")
+        jobs.append(("hub", hub, lambda: push_to_hub(run_dir, hub, private=options.get("private", True),
+                                                     progress=options.get("progress"))))
+    for kind, dest, job in jobs:
+        started = time.time()
+        try:
+            result = job()
+        except ExportError as exc:
+            result = ExportResult(kind, dest if kind == "hub" else str(Path(dest).expanduser().resolve()),
+                                  error=str(exc))
+        result.notes.append(f"took {time.time() - started:.1f} s")
+        results.append(result)
     return results

@@ -36,9 +36,10 @@ def add_export_parsers(subparsers: Any) -> None:
     ex.add_argument("run_dir", metavar="RUN_DIR", help="the run's output_dir (holds run.yaml and adapter/)")
     ex.add_argument("--adapter", metavar="OUT", help="write the PEFT adapter + tokenizer + model card to folder OUT")
     ex.add_argument("--merged", metavar="OUT", help="write the base model with the adapter merged in (safetensors)")
-    ex.add_argument("--gguf", metavar="OUT", help="write a GGUF file into folder OUT (needs llama.cpp's converter)")
-    ex.add_argument("--gguf-type", default="f16", choices=("f16", "bf16", "f32", "q8_0", "auto"),
-                    help="GGUF tensor type (default f16)")
+    ex.add_argument("--gguf", metavar="OUT",
+                    help="write a GGUF file for llama.cpp / Ollama / LM Studio into folder OUT, with an Ollama Modelfile")
+    ex.add_argument("--gguf-type", default="f16", choices=("f16", "bf16", "q8_0", "f32", "auto"),
+                    help="GGUF tensor type (default f16; q8_0 is about half the size, auto picks a 16-bit type)")
     ex.add_argument("--hub", metavar="USER/NAME", help="push the adapter to this Hugging Face Hub repository")
     ex.add_argument("--script", metavar="OUT",
                     help="write a standalone TRL + PEFT train.py (+ config.yaml and the data) into folder OUT that "
@@ -113,15 +114,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - a library error outside the staged write: still one clear line
         _error(f"export failed: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}")
         return EXIT_FAILED
+    # Each kind is exported on its own (core.export.export_run): report every one, fail if any failed.
+    failed = [r for r in results if getattr(r, "error", None)]
+    for r in failed:
+        _error(r.error if len(results) == 1 else f"{r.kind} export to {r.path} failed, nothing written: {r.error}")
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
         for r in results:
+            if getattr(r, "error", None):
+                print(f"{r.kind}: FAILED, nothing written to {r.path} (see the error above)")
+                continue
             check = f", reload check max |Δlogit| {r.max_abs_diff:.2g}" if r.max_abs_diff is not None else ""
             print(f"{r.kind}: {r.path} ({len(r.files)} files{check})")
             for note in r.notes:
                 print(f"  {note}")
-    return EXIT_OK
+            parity = getattr(r, "parity", None)
+            for line in parity.lines() if parity is not None else []:
+                print(f"  {line}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

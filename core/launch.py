@@ -106,9 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if is_frozen():
         _ensure_streams()
         _frozen_defaults()
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["__convert-hf-to-gguf"]:  # the bundle runs llama.cpp's converter as its own child (export --gguf)
+        from core.gguf_convert import converter_main
+
+        return converter_main(args[1:])
     from core.cli import main as cli_main
 
-    return cli_main(normalise_argv(sys.argv[1:] if argv is None else argv))
+    return cli_main(normalise_argv(args))
 
 
 if __name__ == "__main__":

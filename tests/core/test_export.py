@@ -176,15 +176,25 @@ def test_destinations_that_would_destroy_the_run_or_escape_are_refused(run_dir, 
     assert not dest.exists() and not list(tmp_path.glob(".escape*"))
 
 
-def test_gguf_without_llama_cpp_explains_what_to_install(run_dir, tmp_path, monkeypatch):
+def test_gguf_failure_keeps_the_other_exports_and_says_why(run_dir, tmp_path, monkeypatch, capsys):
+    """LLAMA_CPP_DIR pointing nowhere falls back to the packaged converter, which refuses this run's random
+    tokenizer (its pre-tokenizer hash is unknown to llama.cpp): the GGUF fails with one clear line and nothing
+    written, the adapter asked for in the same command is still exported, and the exit code says something failed."""
     monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path / "no-llama"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    with pytest.raises(ExportError) as info:
-        export_gguf(run_dir, tmp_path / "gguf")
-    message = str(info.value)
-    assert "llama.cpp" in message and "convert_hf_to_gguf.py" in message and "LLAMA_CPP_DIR" in message
-    assert "git clone" in message and "pip install" in message
-    assert not (tmp_path / "gguf").exists()
+    args = _parser().parse_args(["export", str(run_dir), "--adapter", str(tmp_path / "a"), "--gguf",
+                                 str(tmp_path / "gguf"), "--device", "cpu", "--dtype", "fp32", "--json"])
+    assert args.handler(args) == 1
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [(r["kind"], r["ok"]) for r in results] == [("adapter", True), ("gguf", False)]
+    assert results[0]["parity"]["ok"] and results[1]["parity"] is None
+    error = results[1]["error"]
+    assert "pre-tokenizer is unknown to llama.cpp's converter" in error and "--merged" in error
+    assert f"error: gguf export to {tmp_path / 'gguf'} failed, nothing written: " in captured.err
+    assert "Traceback" not in captured.err
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "gguf").exists() and not list(tmp_path.glob(".gguf*"))
 
 
 _FAKE_CONVERTER = '''
@@ -202,15 +212,31 @@ w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); 
 '''
 
 
-def test_gguf_export_runs_the_converter_on_the_merged_model(run_dir, tmp_path, monkeypatch):
+def test_gguf_from_a_broken_converter_is_caught_by_the_verification(run_dir, tmp_path, monkeypatch):
+    """A user's llama.cpp checkout (LLAMA_CPP_DIR) is used in preference to the package; a converter that writes
+    an incomplete file fails the reload check and nothing is kept."""
     llama = tmp_path / "llama.cpp"
     llama.mkdir()
     (llama / "convert_hf_to_gguf.py").write_text(_FAKE_CONVERTER)
     monkeypatch.setenv("LLAMA_CPP_DIR", str(llama))
     out = tmp_path / "gguf"
-    result = export_gguf(run_dir, out, outtype="f16", dtype="fp32", device="cpu")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "gguf.f16.gguf"]
-    assert result.kind == "gguf" and any("1 tensors" in n for n in result.notes)
+    with pytest.raises(ExportError, match="verification failed: transformers cannot load the written gguf.f16.gguf"):
+        export_gguf(run_dir, out, outtype="f16", dtype="fp32", device="cpu")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["llama.cpp"]
+
+
+def test_gguf_without_space_fails_before_converting(run_dir, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    import core.gguf_convert
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(core.gguf_convert.shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
+    monkeypatch.setattr(core.gguf_convert, "run_converter", lambda *a, **k: pytest.fail("converter started"))
+    with pytest.raises(ExportError, match="not enough disk space for the GGUF file") as info:
+        export_gguf(run_dir, tmp_path / "gguf", dtype="fp32", device="cpu")
+    assert "1 MiB is free" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_hub_push_needs_a_token_and_the_network(run_dir, monkeypatch):
