@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.local_runners import Modelfile, OllamaTemplate, ollama_template
+from core.local_runners import Modelfile, OllamaTemplate, ollama_name, ollama_template
 
 SAMPLE_ROWS = 24
 PROBE_CONVERSATION = [{"role": "user", "content": "Hello! Who are you?"},
@@ -624,9 +624,11 @@ def gguf_modelfile(facts: TrainingFacts, meta: GGUFMetadata, gguf_name: str, tit
     """The Ollama Modelfile for a GGUF export: a TEMPLATE proven equal to training on the sampled conversations
     (none when the template cannot be expressed), the run's constant system prompt, and stop parameters for the
     end-of-turn tokens (+ the turn-start token, as Ollama's own templates do)."""
+    name = ollama_name(title or gguf_name.split(".")[0])
     modelfile = Modelfile(gguf_name, comments=[
-        f"{title or gguf_name}: written by SFT Studio.",
-        "Create the Ollama model from this folder: ollama create NAME -f Modelfile",
+        f"{title or gguf_name}: written by SFT Studio with the chat template, system prompt and stop tokens of its "
+        "training.",
+        f"In this folder: ollama create {name} -f Modelfile && ollama run {name}",
     ])
     template = _ollama_template_for(facts, meta)
     if template is not None:
