@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,11 +494,9 @@ def read_gguf_metadata(path: str | Path) -> GGUFMetadata:
 
 @functools.lru_cache(maxsize=4)
 def _read_gguf_metadata(path: str, mtime: int, size: int) -> GGUFMetadata:
-    try:
-        fields, tensor_count = _read_gguf_header(path)
-    except (ValueError, OSError, struct.error):  # not the layout the fast reader knows: let gguf's reader decide
-        return _read_with_gguf_reader(path)
-    return _metadata(path, fields.get, tensor_count, fields.get("tokenizer.ggml.tokens"))
+    """Read once per file version with ``gguf.GGUFReader`` (a few seconds for a 49k-token vocabulary: an export
+    takes tens of seconds, and a parity check reads the same file several times)."""
+    return _read_with_gguf_reader(path)
 
 
 def _metadata(path: str, value: Any, tensor_count: int, tokens: Any) -> GGUFMetadata:
@@ -548,65 +545,6 @@ class _TokenList:
 
     def __getitem__(self, i: int) -> str:
         return self.raw[i].decode("utf-8", errors="replace")
-
-
-# GGUF value types (gguf.GGUFValueType) -> struct format of one scalar
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
-
-
-def _read_gguf_header(path: str) -> tuple[dict[str, Any], int]:
-    """The key/value metadata of a little-endian GGUF v2/v3 file and its tensor count. ``gguf.GGUFReader`` maps
-    every element of every array (two seconds for a 49k-token vocabulary, more than the rest of the check);
-    this walks the header once and keeps the token strings as bytes."""
-    import mmap
-
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if data[:4] != b"GGUF":
-            raise ValueError("not a GGUF file")
-        version, tensor_count, kv_count = struct.unpack_from("<IQQ", data, 4)
-        if version not in (2, 3):
-            raise ValueError(f"GGUF version {version}")
-        pos = 24
-        fields: dict[str, Any] = {}
-
-        def string(at: int) -> tuple[bytes, int]:
-            (n,) = struct.unpack_from("<Q", data, at)
-            return data[at + 8:at + 8 + n], at + 8 + n
-
-        for _ in range(kv_count):
-            key, pos = string(pos)
-            (kind,) = struct.unpack_from("<I", data, pos)
-            pos += 4
-            if kind == _STRING:
-                raw, pos = string(pos)
-                fields[key.decode("utf-8", errors="replace")] = raw.decode("utf-8", errors="replace")
-            elif kind in _SCALARS:
-                fmt = "<" + _SCALARS[kind]
-                (fields[key.decode("utf-8", errors="replace")],) = struct.unpack_from(fmt, data, pos)
-                pos += struct.calcsize(fmt)
-            elif kind == _ARRAY:
-                item, count = struct.unpack_from("<IQ", data, pos)
-                pos += 12
-                name = key.decode("utf-8", errors="replace")
-                if item == _STRING:
-                    items = []
-                    for _ in range(count):
-                        raw, pos = string(pos)
-                        items.append(raw)
-                    if name == "tokenizer.ggml.tokens":
-                        fields[name] = _TokenList(items)
-                elif item in _SCALARS:
-                    fmt = "<" + _SCALARS[item]
-                    width = struct.calcsize(fmt)
-                    if name == "tokenizer.ggml.eos_token_ids":
-                        fields[name] = list(struct.unpack_from(f"<{count}{_SCALARS[item]}", data, pos))
-                    pos += width * count
-                else:
-                    raise ValueError(f"nested array in {name}")
-            else:
-                raise ValueError(f"unknown GGUF value type {kind}")
-        return fields, int(tensor_count)
 
 
 def gguf_render(facts: TrainingFacts, meta: GGUFMetadata) -> Any:
