@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     from core.export_cli import add_export_parsers
 
     add_export_parsers(sub)  # export, evaluate, chat-worker
+    from core.losses_cli import add_losses_parser
+
+    add_losses_parser(sub)  # losses: per-token loss under the base, a checkpoint or the adapter
 
     pr = sub.add_parser("probe", help="print device, model and memory-estimate facts as JSON (the app asks this way "
                         "so that its own process never initialises CUDA)")
