@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     from core.export_cli import add_export_parsers
 
     add_export_parsers(sub)  # export, evaluate, chat-worker
+
+    from core.model_library_cli import add_library_parsers
+
+    add_library_parsers(sub)  # models, download
     from core.losses_cli import add_losses_parser
 
     add_losses_parser(sub)  # losses: per-token loss under the base, a checkpoint or the adapter
@@ -234,6 +238,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except OSError as exc:  # read-only folder, a file in the way, a full disk: nothing was written
         raise _UserError(_output_dir_error(out, exc)) from None
     (out / "STOP").unlink(missing_ok=True)
+    from core.model_library import remember_model
+
+    remember_model(config.model.name_or_path)  # the model library lists recently trained models
     # Started by the app, EOF on stdin means the app is gone: stop (and save) rather than linger as an orphan.
     # From a terminal, stdin is read only when it is a pipe (`echo stop | ...`); a TTY is left alone (a run in the
     # background would be stopped by SIGTTIN) and EOF is ignored (nohup, cron, CI).

@@ -34,24 +34,7 @@ def probe(config_path: str | None = None, device: str | None = None) -> dict[str
     except Exception as exc:  # noqa: BLE001
         out["errors"]["model"] = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
     try:
-        from core.training.memory import estimate_memory
-
-        kind = info.kind if info is not None else "cuda"
-        budget = info.total_memory if info is not None else None
-        if kind == "cpu" and budget is None:
-            budget = _system_memory()  # the CPU trains in system RAM
-        est, auto = None, []
-        if info is not None and info.kind != "cpu" and budget:
-            # what training will do here: the automatic choices (padding-free, attention, checkpointing, compiled
-            # layers, micro-batch) with the worst-case micro-batch of max_length rows
-            from core.training.performance import tuned_settings
-
-            tuned = tuned_settings(cfg, info)
-            if tuned.estimate_kwargs:
-                est = estimate_memory(cfg, budget, **tuned.estimate_kwargs)
-                auto = tuned.reasons
-        if est is None:
-            est = estimate_memory(cfg, budget, device_kind=kind)
+        est, auto = fit_estimate(cfg, info)
         out["estimate"] = {
             "breakdown": est.breakdown(),
             "total": est.total,
@@ -67,6 +50,26 @@ def probe(config_path: str | None = None, device: str | None = None) -> dict[str
     except Exception as exc:  # noqa: BLE001
         out["errors"]["estimate"] = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
     return out
+
+
+def fit_estimate(cfg: Any, info: Any, *, suggest: bool = True) -> tuple[Any, list[str]]:
+    """The fit check's memory estimate of run ``cfg`` on device ``info`` (a DeviceInfo, or None when unknown) and
+    the automatic choices it assumes. The model library's fit badges call this too, so both always agree."""
+    from core.training.memory import estimate_memory
+
+    kind = info.kind if info is not None else "cuda"
+    budget = info.total_memory if info is not None else None
+    if kind == "cpu" and budget is None:
+        budget = _system_memory()  # the CPU trains in system RAM
+    if info is not None and info.kind != "cpu" and budget:
+        # what training will do here: the automatic choices (padding-free, attention, checkpointing, compiled
+        # layers, micro-batch) with the worst-case micro-batch of max_length rows
+        from core.training.performance import tuned_settings
+
+        tuned = tuned_settings(cfg, info)
+        if tuned.estimate_kwargs:
+            return estimate_memory(cfg, budget, suggest=suggest, **tuned.estimate_kwargs), tuned.reasons
+    return estimate_memory(cfg, budget, device_kind=kind, suggest=suggest), []
 
 
 def _system_memory() -> int | None:

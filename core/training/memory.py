@@ -251,7 +251,35 @@ def _count_cached(config_json: str, lora_key: tuple) -> ParamCounts:
 def count_parameters(model_config: Any, lora: Any) -> ParamCounts:
     """Exact parameter counts of the base model and its adapter, built on the meta device (instant, no memory)."""
     config = load_model_config(model_config)
-    return _count_cached(config.to_json_string(use_diff=False), _lora_key(lora))
+    config_json, key = config.to_json_string(use_diff=False), _lora_key(lora)
+    # kept on disk too: building the model on the meta device takes 1-2 s for an 8B model, and the model library
+    # estimates dozens of models for every change of the run
+    stored = _counts_file(config_json, key)
+    try:
+        return ParamCounts(**json.loads(stored.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        pass
+    counts = _count_cached(config_json, key)
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stored.with_name(f".{stored.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(counts.__dict__), encoding="utf-8")
+        os.replace(tmp, stored)
+    except OSError:
+        pass
+    return counts
+
+
+def _counts_file(config_json: str, lora_key: tuple) -> Path:
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        versions = f"{version('transformers')}|{version('peft')}"
+    except PackageNotFoundError:
+        versions = ""
+    digest = hashlib.sha256(f"{config_json}|{lora_key!r}|{versions}|v1".encode()).hexdigest()[:32]
+    return _facts_cache_dir().parent / "param-counts" / f"{digest}.json"
 
 
 # ------------------------------------------------------------------------------------------------ the estimate
