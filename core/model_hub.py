@@ -220,6 +220,7 @@ class HubDetails:
     model_type: str | None = None
     architecture: str | None = None
     card: str = ""  # the model card's first lines (front matter and markup stripped)
+    config: dict[str, Any] | None = None  # config.json (small): the fit check can run before downloading
     cached_path: str | None = None  # the local snapshot when this revision is already downloaded
     repo_type: str = "model"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -270,6 +271,14 @@ def model_details(repo_id: str, *, revision: str | None = None, repo_type: str =
     )
     if any(f.path == "README.md" for f in files):
         details.card = card_excerpt(_read_remote_text(repo_id, "README.md", info.sha, repo_type), card_lines)
+    if repo_type == "model" and any(f.path == "config.json" for f in files):
+        import json
+
+        try:
+            config_json = json.loads(_read_remote_text(repo_id, "config.json", info.sha, repo_type) or "null")
+            details.config = config_json if isinstance(config_json, dict) else None
+        except ValueError:
+            details.config = None
     details.cached_path = cached_snapshot(repo_id, info.sha, repo_type)
     return details
 

@@ -195,6 +195,13 @@ class ParamsPage(QWidget):
         self.banner = Banner()
         self.form = ConfigForm()
         self.form.edited.connect(self._on_edited)
+        # the model library (local models with their fit for this run, Hub search and download), beside File…/Folder…
+        self.library_dialog = None
+        self.library_button = QPushButton("Library…")
+        self.library_button.setToolTip("Choose a model on this machine or from the Hugging Face Hub, with its size "
+                                       "and whether it fits this run")
+        self.library_button.clicked.connect(self.open_library)
+        self.form.editors["model.name_or_path"].widget.layout().addWidget(self.library_button)
 
         # side panel -------------------------------------------------------------------------------------
         self.model_label = QLabel("Model and device: checking…")
@@ -307,6 +314,16 @@ class ParamsPage(QWidget):
         else:
             self.banner.clear()
         return loose
+
+    def open_library(self) -> Any:
+        """The model library dialog (created once: a download keeps running while it is closed)."""
+        if self.library_dialog is None:
+            from app.views.model_library_dialog import ModelLibraryDialog
+
+            self.library_dialog = ModelLibraryDialog(
+                self.session, self, choose=lambda spec: self.set_fields({"model.name_or_path": spec}))
+        self.library_dialog.open_library()
+        return self.library_dialog
 
     # -- presets and methods ----------------------------------------------------------------------------
     def device_kind(self) -> str | None:
@@ -675,6 +692,8 @@ class ParamsPage(QWidget):
         self.dryRunFinished.emit(result)
 
     def shutdown(self) -> None:
+        if self.library_dialog is not None:
+            self.library_dialog.shutdown()
         if self._script_job is not None:
             job, self._script_job = self._script_job, None
             job.kill()
