@@ -203,7 +203,8 @@ class StudioSession(QObject):
             return
         if self.builder and (self.builder.train_on, self.builder.max_length) == (train_on, max_length):
             return
-        self.builder = ExampleBuilder(run.tokenizer, run.template, train_on, max_length)
+        # the run's builder carries every other mask setting (data.reasoning, ...): preview = training
+        self.builder = run.builder.with_settings(train_on=train_on, max_length=max_length)
         self._submit_row()
         self._submit_audit()
 

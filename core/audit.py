@@ -47,6 +47,9 @@ class AuditReport:
     notes: list[str] = field(default_factory=list)
     dataset_problems: list[str] = field(default_factory=list)  # problems of the data as a whole (column mapping)
     eos_lost_tokens: list[int] = field(default_factory=list)  # tokens of each eos_lost_rows row, before truncation
+    masked_by: dict[str, int] = field(default_factory=dict)  # mask rule -> tokens it took out of the loss (trained rows)
+    row_methods: dict[str, list[int]] = field(default_factory=dict)  # how the rows were read: method -> rows
+    reasoning: str = "train"
 
     @property
     def errors(self) -> list[RowProblem]:
@@ -117,6 +120,8 @@ def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int
     dropped: list[tuple[int, int | None, str]] = []
     lengths, truncated, eos_lost, eos_tokens = [], [], [], []
     trained_tokens = total_tokens = trainable = 0
+    masked_by: dict[str, int] = {}
+    row_methods: dict[str, list[int]] = {}
     parity: list[ParityIssue] = []
     checked = 0
     for result in build_rows(run, with_display=False, progress=progress):
@@ -125,6 +130,9 @@ def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int
         built = result.built
         if built is not None:
             lengths.append(built.n_tokens)
+            row_methods.setdefault(built.method, []).append(result.row)
+            for rule, count in built.masked_by.items():
+                masked_by[rule] = masked_by.get(rule, 0) + count
             if built.truncated:
                 truncated.append(result.row)
             if built.eos_lost and reason is None:  # a row with nothing left to train is reported as dropped
@@ -184,6 +192,9 @@ def audit_run(run: RunData, progress: Progress | None = None, parity_sample: int
         notes=list(run.notes) + [n for n in run.dataset.notes if n not in run.notes],
         dataset_problems=list(run.dataset.dataset_problems),
         eos_lost_tokens=eos_tokens,
+        masked_by=masked_by,
+        row_methods=row_methods,
+        reasoning=getattr(run.builder, "reasoning", "train"),
     )
 
 
@@ -238,6 +249,17 @@ def format_report(report: AuditReport, limit: int = 30) -> str:
     lines.append(f"truncated {len(report.truncated_rows)} rows longer than max_length; "
                  f"{len(report.eos_lost_rows)} of them lose the end of a trained answer")
     lines.append(f"trained   {report.trained_tokens} of {report.total_tokens} tokens ({100 * report.trained_share:.1f}%) carry loss")
+    if len(report.row_methods) > 1 or "render-search" in report.row_methods:
+        from core.masks import METHODS
+
+        read = [f"{len(rows)} by {METHODS.get(m, m)}" + (f" (rows {_row_list(rows)})" if m == "render-search" else "")
+                for m, rows in sorted(report.row_methods.items(), key=lambda kv: -len(kv[1]))]
+        lines.append("read      " + "; ".join(read))
+    if report.masked_by:
+        from core.masks import REASONS
+
+        lines.append("masked    " + "; ".join(f"{count} tokens: {REASONS.get(rule, rule)}"
+                                             for rule, count in report.masked_by.items()))
     for note in report.notes:
         lines.append(f"note      {note}")
     for problem in report.dataset_problems:
@@ -272,3 +294,8 @@ def format_report(report: AuditReport, limit: int = 30) -> str:
             lines.append(f"  … and {len(warnings) - limit} more (use --json for all)")
     lines.append("\nclean: nothing to fix" if report.clean else "\nproblems found (exit code 1)")
     return "\n".join(lines)
+
+
+def _row_list(rows: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f", … {len(rows) - limit} more" if len(rows) > limit else "")

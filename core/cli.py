@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--json", action="store_true", help="JSON lines output (the contract format)")
     pv.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
     pv.add_argument("--row", type=int, action="append", default=None, metavar="N", help="only row N (repeatable)")
+    pv.add_argument("--reasons", action="store_true",
+                    help="with --json, also why each token carries no loss (\"reasons\"), how the row was read "
+                         "(\"method\") and the tokens each mask rule took out (\"masked_by\")")
 
     au = sub.add_parser("audit", help="check dataset and template without training (exit 0 clean, 1 problems, 2 unreadable)")
     with_config(au)
@@ -158,6 +161,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 "labels": built.labels,
                 "tokens": [t.text for t in built.tokens[: len(built.input_ids)]],
             }
+            if getattr(args, "reasons", False):
+                # why each token carries no loss (a key of core.masks.REASONS; null = trained), how the row was read
+                obj["reasons"] = [t.reason for t in built.tokens[: len(built.input_ids)]]
+                obj["method"] = built.method
+                obj["masked_by"] = built.masked_by
         if args.json:
             out.write(json.dumps(obj, ensure_ascii=False) + "\n")
         else:

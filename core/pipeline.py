@@ -104,7 +104,9 @@ def open_run(
                 f"the vocabulary has no single tokens for {', '.join(missing)} used by the '{template.name}' template; "
                 "they are split into pieces the model has never seen together"
             )
-    builder = ExampleBuilder(tokenizer, template, config.data.train_on, config.data.max_length)
+    builder = ExampleBuilder(
+        tokenizer, template, config.data.train_on, config.data.max_length, config.data.reasoning
+    )
     return RunData(
         config, dataset, tokenizer, template, builder, str(config.data.path), list(raw.lines), notes, list(raw.columns)
     )

@@ -138,6 +138,11 @@ def _as_trl_row(example: dict, built: Any) -> tuple[dict | None, tuple[bool, boo
     """The example in the form TRL reads natively, the loss options that make TRL mask it like the studio, and
     (None, None, why) where TRL has no equivalent."""
     train_on, method = built.train_on, built.method
+    if getattr(built, "masked_by", None):
+        rules = ", ".join(sorted(built.masked_by))
+        return None, None, f"mask rules TRL has no setting for take tokens out of the loss ({rules})"
+    if train_on == "last_assistant":  # nothing was masked: a single answer, as train_on: assistant
+        train_on = "assistant"
     tools = example.get("tools")
     extra = {"tools": json.dumps(tools, ensure_ascii=False)} if tools else {}  # a JSON string: no schema merging
     if any("tool_calls" in note for note in built.notes):
@@ -146,7 +151,7 @@ def _as_trl_row(example: dict, built: Any) -> tuple[dict | None, tuple[bool, boo
     if train_on == "assistant" and method not in ("markers", "trl-patched"):
         return None, None, _NOT_PATCHABLE
     if "messages" in example:
-        messages = list(example["messages"])
+        messages = [{k: v for k, v in m.items() if k != "train"} for m in example["messages"]]
         if train_on == "assistant":
             return {"messages": messages, **extra}, (True, False), ""
         if train_on == "all":

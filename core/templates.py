@@ -37,6 +37,7 @@ __all__ = [
     "training_template_for",
     "template_renders_tool_calls",
     "missing_special_tokens",
+    "inference_vs_training",
 ]
 
 
@@ -312,3 +313,78 @@ def missing_special_tokens(tokenizer: Any, resolved: ResolvedTemplate) -> list[s
 
 # '<|im_start|>', "<start_of_turn>": literals in a template that name a control token.
 _SPECIAL_LITERAL = re.compile(r"""['"](<\|[A-Za-z0-9_]+\|>|<(?:start|end)_of_turn>)""")
+
+
+def inference_vs_training(
+    tokenizer: Any,
+    template: ResolvedTemplate,
+    messages: list[dict],
+    tools: list[dict] | None = None,
+    training: str | None = None,
+) -> tuple[str, str, str]:
+    """What the model is trained on next to what it sees at inference, for the Template page.
+
+    Returns ``(training_text, inference_text, note)``: the conversation rendered as training renders it (``training``,
+    default the template assistant-only training uses: TRL's training version where TRL has one, else the template
+    itself); the prompt the model gets at inference before it writes the conversation's final answer (the
+    template itself, the history up to that answer, with the generation prompt); and one or two sentences on how
+    they differ, in plain words (earlier answers' reasoning dropped at inference, a system prompt only one of them
+    has, an opened reasoning block in the generation prompt, ...)."""
+    from core.masks import REASONING_TAGS
+
+    if training is None:
+        training = training_template_for(tokenizer, template).text
+    plain = [{k: v for k, v in m.items() if k != "train"} for m in messages]
+    training_text = render_conversation(tokenizer, training, plain, tools)
+    last = max((i for i, m in enumerate(plain) if m.get("role") == "assistant"), default=None)
+    if last is None:
+        inference_text = render_conversation(tokenizer, template.text, plain, tools, add_generation_prompt=True)
+        return training_text, inference_text, "The conversation has no answer: nothing is trained on it."
+    inference_text = render_conversation(tokenizer, template.text, plain[:last], tools, add_generation_prompt=True)
+    answer = plain[last].get("content") or ""
+    cut = training_text.rfind(answer.strip()) if answer.strip() else -1
+    training_prompt = training_text[:cut] if cut >= 0 else training_text
+    if training_text.startswith(inference_text) or training_prompt == inference_text:
+        return training_text, inference_text, (
+            "At inference the model sees the same text as in training before it writes the final answer."
+        )
+    notes: list[str] = []
+
+    def blocks(text: str) -> int:
+        return sum(text.count(closer) for _, closer in REASONING_TAGS)
+
+    in_training, at_inference = blocks(training_prompt), blocks(inference_text)
+    opened = any(inference_text.rstrip().endswith(opener) for opener, _ in REASONING_TAGS)
+    if in_training > at_inference:
+        notes.append(
+            f"At inference the chat template drops the reasoning of earlier answers ({at_inference} reasoning "
+            f"block(s) in the prompt, {in_training} in the training text): in training every answer keeps its "
+            "<think> block (TRL's training template keeps one, empty when there is none, in every turn), so the "
+            "model learns to answer with its earlier reasoning in view, which it will not see at inference."
+        )
+    for i, m in enumerate(plain[:last]):
+        content = m.get("content")
+        if m.get("role") not in ("system", "user") or not isinstance(content, str) or not content.strip():
+            continue
+        in_train, in_infer = content.strip() in training_text, content.strip() in inference_text
+        if in_infer and not in_train:
+            notes.append(
+                f"The {m['role']} message (messages[{i}]) is not in the training text but is in the inference "
+                "prompt (this template writes it only into the last user turn): the model trains without it and "
+                "sees it at inference."
+            )
+        elif in_train and not in_infer:
+            notes.append(f"The {m['role']} message (messages[{i}]) is in the training text but not at inference.")
+    if opened:
+        notes.append(
+            "The generation prompt opens a reasoning block, so at inference the model starts inside it; train on "
+            "answers that begin with their reasoning."
+        )
+    if not notes:
+        k = next((j for j, (a, b) in enumerate(zip(training_prompt, inference_text, strict=False)) if a != b),
+                 min(len(training_prompt), len(inference_text)))
+        notes.append(
+            f"The inference prompt differs from the training text at character {k} "
+            f"({inference_text[k:k + 30]!r} at inference, {training_prompt[k:k + 30]!r} in training)."
+        )
+    return training_text, inference_text, " ".join(notes)

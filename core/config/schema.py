@@ -44,7 +44,8 @@ SCHEMA_VERSION = 1
 """The newest run-file schema version this code reads and writes."""
 
 DATA_FORMATS = ("auto", "text", "prompt_completion", "messages", "sharegpt", "alpaca")
-TRAIN_ON = ("auto", "all", "completion", "assistant")
+TRAIN_ON = ("auto", "all", "completion", "assistant", "last_assistant")
+REASONING = ("train", "mask", "mask_empty")
 COLUMN_ROLES = (
     "prompt",
     "completion",
@@ -140,9 +141,19 @@ class DataConfig:
     )
     train_on: str = _data(
         "auto",
-        "Which tokens carry the loss: all, only the completion, only assistant turns, or auto "
-        "(completion for prompt/completion rows, assistant for conversations, all for plain text).",
+        "Which tokens carry the loss: all, only the completion, only assistant turns, only the last assistant turn "
+        "of each conversation (last_assistant, LLaMA-Factory's mask_history), or auto (completion for "
+        "prompt/completion rows, assistant for conversations, all for plain text). An assistant message marked "
+        "\"train\": false, \"weight\": 0 (OpenAI), \"training\": false (axolotl) or \"loss_weight\": 0 "
+        "(LLaMA-Factory) in the data is never trained.",
         choices=TRAIN_ON,
+    )
+    reasoning: str = _data(
+        "train",
+        "Reasoning blocks in trained answers (think tags, as Qwen3 and DeepSeek-R1 write them): train them, mask "
+        "them (the answer after the block stays trained), or mask_empty: mask only empty blocks, such as those "
+        "Qwen3's templates write into answers without reasoning.",
+        choices=REASONING,
     )
     max_length: int = _data(
         1024,

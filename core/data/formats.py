@@ -635,6 +635,53 @@ def _content_text(report: RowReporter, content: Any, field: str) -> str | None:
     return "".join(pieces)
 
 
+# Per-message loss flags, as the libraries that have them spell them: "weight" 0/1 (OpenAI's fine-tuning format,
+# axolotl's ShareGPT rows), "loss_weight" 0/1 (LLaMA-Factory), "training" true/false (axolotl's
+# message_field_training) and "train" true/false.
+MESSAGE_FLAGS = ("train", "training", "weight", "loss_weight")
+_BAD_FLAG = object()
+
+
+def _message_train_flag(report: RowReporter, message: dict, field: str, role: str) -> Any:
+    """``False`` when the data takes this assistant message out of the loss, ``True``/``None`` otherwise, or
+    ``_BAD_FLAG`` after reporting an unusable value. Flags only take answers out (``train_on`` decides what is trained
+    among the rest); on a non-assistant message, which is never trained, asking to train it is a warning."""
+    verdicts: list[tuple[str, bool]] = []
+    for key in MESSAGE_FLAGS:
+        value = message.get(key)
+        if value is None:
+            continue
+        if key in ("train", "training"):
+            if not isinstance(value, bool):
+                report.error(f"{field}.{key}", f"expected true or false, got {describe_value(value)}")
+                return _BAD_FLAG
+            verdicts.append((key, value))
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
+                report.error(
+                    f"{field}.{key}",
+                    f"expected 0 (not trained) or 1 (trained), got {describe_value(value)}; fractional loss "
+                    "weights are not supported",
+                )
+                return _BAD_FLAG
+            verdicts.append((key, bool(value)))
+    if not verdicts:
+        return None
+    if len({v for _, v in verdicts}) > 1:
+        said = ", ".join(f"{k}: {message[k]}" for k, _ in verdicts)
+        report.error(field, f"the message's loss flags disagree ({said})")
+        return _BAD_FLAG
+    key, train = verdicts[0]
+    if train and role != "assistant":
+        report.warn(
+            f"{field}.{key}",
+            f"only assistant messages are trained; this {role} message stays masked (train_on: all trains every "
+            "token)",
+        )
+        return None
+    return train if role == "assistant" else None
+
+
 def _convert_message(
     report: RowReporter, message: Any, field: str, roles: RoleNames
 ) -> tuple[dict, str] | None:
@@ -659,7 +706,13 @@ def _convert_message(
         calls = _parse_tool_calls(report, content, content_field)
         if calls is None:
             return None
-        return {"role": "assistant", "content": "", "tool_calls": calls}, content_field
+        train = _message_train_flag(report, message, field, "assistant")
+        if train is _BAD_FLAG:
+            return None
+        call_message: dict[str, Any] = {"role": "assistant", "content": "", "tool_calls": calls}
+        if train is False:
+            call_message["train"] = False
+        return call_message, content_field
 
     role = roles.lookup(name, raw_role, sharegpt=role_key == "from")
     if role is None:
@@ -695,19 +748,12 @@ def _convert_message(
         if text is None:
             return None
 
-    weight = message.get("loss_weight", message.get("weight"))
-    if (
-        role == "assistant"
-        and isinstance(weight, (int, float))
-        and not isinstance(weight, bool)
-        and weight == 0
-    ):
-        weight_key = "loss_weight" if "loss_weight" in message else "weight"
-        report.warn(
-            f"{field}.{weight_key}",
-            "per-message loss weights are not supported; this assistant turn will be trained",
-        )
+    train = _message_train_flag(report, message, field, role)
+    if train is _BAD_FLAG:
+        return None
     result: dict[str, Any] = {"role": role, "content": text}
+    if train is False:
+        result["train"] = False
     if calls:
         result["tool_calls"] = calls
     return result, content_field
