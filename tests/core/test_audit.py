@@ -53,8 +53,9 @@ def test_parity_reports_a_template_whose_generation_prompt_differs(tmp_path, tin
     report = audit_run(run)
     assert report.parity and "differs from the training text" in report.parity[0].message
     assert "<think>" in report.parity[0].message
-    # assistant-only loss cannot locate the answer safely with such a template: the row is refused, not mis-trained
-    assert report.trainable_rows == 0 and "not prefix-preserving" in report.dropped[0][2]
+    # the answer is unambiguous in the rendering the model is trained on: read there (and the parity issue stays)
+    assert report.trainable_rows == 1 and report.row_methods == {"render-search": [0]} and not report.clean
+    assert "full-render search" in format_report(report)
     run.config.data.train_on = "all"
     report = audit_run(open_run(run.config, tokenizer=run.tokenizer))
     assert report.trainable_rows == 1 and report.parity

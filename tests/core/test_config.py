@@ -66,7 +66,8 @@ def everything_changed() -> RunConfig:
         data=DataConfig(
             path="/data/train.jsonl",
             format="sharegpt",
-            train_on="assistant",
+            train_on="last_assistant",
+            reasoning="mask_empty",
             max_length=512,
             columns={"messages": "conversations", "tools": "functions"},
             roles={"assistant": "bot, gpt", "user": "human"},

@@ -298,7 +298,7 @@ def test_sharegpt_system_column_tools_and_bad_function_call(tmp_path: Path) -> N
     assert_every_row_accounted_for(ds)
 
 
-def test_openai_tool_calls_and_loss_weight_warning(tmp_path: Path) -> None:
+def test_openai_tool_calls_and_loss_weight_flag(tmp_path: Path) -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
     tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
     path = write_jsonl(
@@ -333,10 +333,10 @@ def test_openai_tool_calls_and_loss_weight_warning(tmp_path: Path) -> None:
         "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}],
     }
     assert messages[2] == {"role": "tool", "content": "3"}
-    assert messages[3] == {"role": "assistant", "content": "3"}
+    # LLaMA-Factory's loss_weight 0 takes the answer out of the loss (core.masks honours "train": false)
+    assert messages[3] == {"role": "assistant", "content": "3", "train": False}
     assert ds.examples[0]["tools"] == tools
-    weight = only(ds.problems, 0, "warning")
-    assert weight.field == "messages[3].loss_weight" and "will be trained" in weight.message
+    assert not [p for p in ds.problems if p.row == 0]
     assert only(ds.problems, 1).field == "messages[1].tool_calls[0].arguments"
 
 

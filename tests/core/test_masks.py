@@ -132,19 +132,33 @@ def test_tool_calls_stay_visible_when_the_template_cannot_render_them(smol_tok):
     assert any(t.reason == "tool" for t in built.tokens)
 
 
-def test_template_that_is_not_prefix_preserving_is_refused_not_mis_trained(tok):
-    # renders earlier answers differently from the last one (like templates that strip reasoning)
+def test_template_that_is_not_prefix_preserving_is_read_in_the_full_rendering(tok):
+    # renders earlier answers differently from the last one (like templates that strip reasoning): the partial
+    # renderings never match the full one, so each answer is located in the full rendering instead
     odd = (
         "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}<|im_start|>assistant\n[old]"
         "{{ m['content'] }}<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     builder = ExampleBuilder(tok, ResolvedTemplate(odd, "file", "odd.jinja"), "assistant", 1024)
-    with pytest.raises(MaskError, match="not prefix-preserving at messages\\[1\\]"):
-        builder.build({"messages": CONV[1:], "tools": None})
-    # a single-turn row is unaffected
+    built = builder.build({"messages": CONV[1:], "tools": None})
+    assert built.method == "render-search"
+    assert trained_text(built) == "Paris.<|im_end|>Madrid.<|im_end|>\n"
+    assert "[old]Paris." in built.text  # what the model is trained on, as rendered
+    # a single-turn row is prefix-preserving and unaffected
     one = builder.build({"messages": CONV[1:3], "tools": None})
-    assert trained_text(one) == "Paris.<|im_end|>\n"
+    assert one.method == "render-diff" and trained_text(one) == "Paris.<|im_end|>\n"
+
+
+def test_template_that_writes_an_answer_twice_is_refused_not_mis_trained(tok):
+    twice = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}<|im_start|>assistant\n"
+        "{{ m['content'] }} ({{ m['content'] }})<|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    builder = ExampleBuilder(tok, ResolvedTemplate(twice, "file", "twice.jinja"), "assistant", 1024)
+    with pytest.raises(MaskError, match="messages\\[1\\] is ambiguous"):
+        builder.build({"messages": CONV[1:], "tools": None})
 
 
 def test_template_errors_become_row_problems(tiny_model_factory):
