@@ -279,6 +279,8 @@ def model_details(repo_id: str, *, revision: str | None = None, repo_type: str =
             details.config = config_json if isinstance(config_json, dict) else None
         except ValueError:
             details.config = None
+        if details.config is None:  # listed but not readable: gated, or a broken file
+            details.extra["config_unreadable"] = True
     details.cached_path = cached_snapshot(repo_id, info.sha, repo_type)
     return details
 

@@ -715,8 +715,14 @@ class ModelLibraryDialog(QDialog):
             job.deleteLater()
         self.hub_fit = None
         if not details.config or not details.config.get("model_type"):
-            self.hub_fit_label.setText("<i>Fit for this run: known once downloaded (no config.json on the Hub)</i>"
-                                       if not details.config else "")
+            if details.extra.get("config_unreadable"):
+                why = "its config.json needs access: accept the conditions and log in" if details.gated else (
+                    "its config.json could not be read")
+            elif details.config is None:
+                why = "no config.json on the Hub, e.g. a GGUF repository"
+            else:
+                why = "its config.json names no model_type"
+            self.hub_fit_label.setText(f"<i>Fit for this run: known once downloaded ({why})</i>")
             return
         safe = details.repo_id.replace("/", "--")
         folder = Path(self._tmp.name) / "hub-configs" / safe
@@ -754,7 +760,9 @@ class ModelLibraryDialog(QDialog):
             where = f" of {est['device_total'] / GiB:.1f} GiB" if est.get("device_total") else ""
             self.hub_fit_label.setText(
                 f"Fit for this run: <span style='{style}'><b>{html.escape(verdict)}</b></span> · estimated peak "
-                f"{est['total'] / GiB:.1f} GiB{where} (from its config.json, before downloading)")
+                f"{est['total'] / GiB:.1f} GiB{where}")
+            self.hub_fit_label.setToolTip("The fit check of the Hyperparameters page for this run with this model, "
+                                          "from its config.json alone, before downloading")
         job.deleteLater()
 
     def _update_use_for_hub(self) -> None:
@@ -827,7 +835,8 @@ class ModelLibraryDialog(QDialog):
         failed = next((e for e in self._download_events if e.get("type") == "failed"), None)
         last = next((e for e in reversed(self._download_events) if e.get("type") == "progress"), None)
         self.cancel_button.setEnabled(False)
-        self.download_button.setEnabled(self._selected_repo() is not None)
+        # after a cancel, Resume is the one way on for this repository (Download would resume too, but says less)
+        self.download_button.setEnabled(self._selected_repo() not in (None, repo) or code == 0)
         self.progress.setRange(0, 1000)
         if code == 0 and done_event:
             self.download_path = str(done_event.get("path"))

@@ -173,3 +173,25 @@ def test_offline_hub_tab_says_so_and_the_local_list_works(qtbot, library_env, se
     qtbot.waitUntil(lambda: dialog.hub_offline is not None, timeout=30_000)
     assert "offline" in dialog.hub_banner.text().lower() and not dialog.hub_search.isEnabled()
     assert not dialog.search_button.isEnabled()
+
+
+def test_hub_model_fit_before_download_is_the_fit_check(qtbot, library_env, session, make_dialog, tmp_path):
+    """The Hub tab's fit line (from config.json alone) equals the fit check on the downloaded model."""
+    from core.config import save_run_config
+    from core.model_hub import cached_snapshot
+    from core.probe import probe
+
+    dialog = make_dialog(session)
+    dialog.tabs.setCurrentIndex(1)
+    qtbot.waitUntil(lambda: dialog.results.rowCount() > 0, timeout=30_000)
+    with qtbot.waitSignal(dialog.detailsShown, timeout=30_000):
+        dialog.results.selectRow(0)  # tiny-org/tiny-chat, downloaded by the fixture
+    assert dialog.details.repo_id == "tiny-org/tiny-chat" and dialog.details.config["model_type"] == "llama"
+    qtbot.waitUntil(lambda: dialog.hub_fit is not None, timeout=180_000)
+    assert "Fit for this run" in dialog.hub_fit_label.text() and "estimated peak" in dialog.hub_fit_label.text()
+    run = tmp_path / "run.yaml"
+    cfg = session.config
+    cfg.model.name_or_path = cached_snapshot("tiny-org/tiny-chat")
+    save_run_config(cfg, run)
+    expected = probe(str(run))["estimate"]
+    assert (dialog.hub_fit["verdict"], dialog.hub_fit["total"]) == (expected["verdict"], expected["total"])

@@ -30,6 +30,7 @@ def hub(tiny_model_factory):
         Repo("tiny-org/big-weights", {"config.json": b'{"model_type": "llama"}', "weights.bin": BIG},
              slow={"weights.bin": (64 * 1024, 0.03)}, downloads=20),
         Repo("gated-org/locked", {"config.json": b"{}", "model.safetensors": b"x" * 100}, gated=True),
+        Repo("data-org/rows", {"train.jsonl": b'{"text": "hello"}\n', "README.md": b"# rows\n"}, repo_type="dataset"),
     ]
     with HubServer(repos) as server:
         yield server
@@ -117,6 +118,9 @@ def test_cancel_then_resume_continues_from_the_saved_bytes(hub, hub_env):
     assert "cancelled" in err and "resume" in err and not out.strip()
     kept = partial[0].stat().st_size
     assert 0 < kept < len(BIG)
+    # the library shows the interrupted download, to be resumed
+    waiting = next(e for e in lib.list_models(["hf-cache"]) if e.name == "tiny-org/big-weights")
+    assert waiting.extra["partial"] and "incomplete" in waiting.note and waiting.extra["partial_bytes"] == kept
 
     done = cli("download", "tiny-org/big-weights", env=hub_env)
     assert done.returncode == 0, done.stderr
@@ -152,3 +156,11 @@ def test_unknown_model_and_offline_are_one_line(hub_env):
     unreachable = cli("download", "tiny-org/tiny-chat", env={**hub_env, "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert unreachable.returncode == 1 and "cannot reach the Hugging Face Hub" in unreachable.stderr
     assert "Traceback" not in missing.stderr + offline.stderr + unreachable.stderr
+
+
+def test_dataset_download(hub_env):
+    proc = cli("download", "data-org/rows", "--repo-type", "dataset", env=hub_env)
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip())
+    assert (path / "train.jsonl").read_text() == '{"text": "hello"}\n'
+    assert path.parent.parent.name == "datasets--data-org--rows"
