@@ -88,6 +88,7 @@ class MainWindow(QMainWindow):
         self.train_page.runStarted.connect(self.runs_page.refresh)
         self.runs_page.resumeRequested.connect(self.resume_run)
         self.runs_page.duplicateRequested.connect(self._duplicate_run)
+        self.data_page.loss_ranking.openInTokens.connect(self._open_row_losses)
         pages = (self.data_page, self.template_page, self.tokens_page, self.params_page, self.train_page,
                  self.runs_page, self.chat_page)
         for number, (title, page) in enumerate(zip(PAGE_TITLES, pages, strict=True), 1):
@@ -255,6 +256,12 @@ class MainWindow(QMainWindow):
             self._error("A run is already training", "Stop it before resuming another one.")
             return
         self.train_page.start(resume_dir=run_dir)
+
+    def _open_row_losses(self, row: int, model_id: str) -> None:
+        """A row of the loss ranking, on the Tokens page coloured by the same model."""
+        self.tokens_page.set_model(model_id)
+        self.session.set_row(row)
+        self.show_page("tokens")
 
     def _duplicate_run(self, cfg) -> None:  # noqa: ANN001
         self.session.set_config(cfg)
@@ -439,6 +446,8 @@ class MainWindow(QMainWindow):
         self.train_page.shutdown()
         self.params_page.shutdown()
         self.chat_page.shutdown()
+        self.tokens_page.shutdown()
+        self.data_page.loss_ranking.shutdown()
         self.workers_stopped = self.session.shutdown()
         super().closeEvent(event)
 

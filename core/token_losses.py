@@ -358,12 +358,13 @@ class _Models:
 
 
 def _batches(items: Sequence[tuple[int, Any]], batch_size: int) -> Iterator[list[tuple[int, Any]]]:
-    """Consecutive rows, at most ``batch_size`` and :data:`MAX_KEPT_POSITIONS` scored positions (one row at least)."""
+    """Consecutive rows, at most ``batch_size`` and :data:`MAX_KEPT_POSITIONS` scored positions (one row at least).
+    The first row goes alone: it is the one on screen (the app asks for the shown row and the rows after it)."""
     batch: list[tuple[int, Any]] = []
     kept = 0
-    for item in items:
+    for i, item in enumerate(items):
         n = _n_targets(item[1].labels)
-        if batch and (len(batch) >= batch_size or kept + n > MAX_KEPT_POSITIONS):
+        if batch and (i == 1 or len(batch) >= batch_size or kept + n > MAX_KEPT_POSITIONS):
             yield batch
             batch, kept = [], 0
         batch.append(item)

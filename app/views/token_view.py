@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import bisect
 import html
+from dataclasses import dataclass, field
 
 from PySide6.QtCore import QEvent, Signal
 from PySide6.QtGui import QColor, QHelpEvent, QMouseEvent, QTextCharFormat, QTextCursor, QTextOption
 from PySide6.QtWidgets import QTextEdit, QToolTip, QWidget
 
+from app.views.loss_scale import text_on
 from app.views.style import category_color, is_dark, mono_font, token_category, visible_whitespace
 from core.masks import IGNORE_INDEX, REASONS, BuiltExample
+
+
+@dataclass
+class TokenOverlay:
+    """Colours that replace a token's mask colour (the per-token loss view) and lines added to its hover text."""
+
+    colors: dict[int, QColor] = field(default_factory=dict)
+    tips: dict[int, str] = field(default_factory=dict)
 
 
 class TokenTextView(QTextEdit):
@@ -33,13 +43,19 @@ class TokenTextView(QTextEdit):
         self._built: BuiltExample | None = None
         self._starts: list[int] = []  # document position where each token's run starts
         self.selected: int | None = None
+        self.overlay: TokenOverlay | None = None
 
     @property
     def built(self) -> BuiltExample | None:
         return self._built
 
-    def set_example(self, built: BuiltExample | None) -> None:
+    def set_example(self, built: BuiltExample | None, overlay: TokenOverlay | None = None) -> None:
+        """Show ``built``; ``overlay`` colours some tokens by something else (their loss) and adds to their hover
+        text. Re-showing the same example (a new overlay) keeps the scroll position."""
+        same = built is not None and built is self._built
+        scroll = self.verticalScrollBar().value() if same else 0
         self._built = built
+        self.overlay = overlay
         self.selected = None
         self._starts = []
         doc = self.document()
@@ -69,6 +85,18 @@ class TokenTextView(QTextEdit):
                 formats[key] = f
             return formats[key]
 
+        overlay_formats: dict[tuple[int, bool, bool, str], QTextCharFormat] = {}
+
+        def overlay_fmt(color: QColor, category: str, odd: bool, special: bool) -> QTextCharFormat:
+            key = (color.rgb(), odd, special, category)
+            if key not in overlay_formats:
+                f = QTextCharFormat(fmt(category, odd, special))
+                shade = (color.lighter(112) if dark else color.darker(106)) if odd else color
+                f.setBackground(shade)
+                f.setForeground(text_on(shade))
+                overlay_formats[key] = f
+            return overlay_formats[key]
+
         cursor = QTextCursor(doc)
         cursor.beginEditBlock()
         pos = 0
@@ -77,10 +105,17 @@ class TokenTextView(QTextEdit):
             if tok.start == tok.end and not tok.text:
                 shown = "∅"
             self._starts.append(pos)
-            cursor.insertText(shown, fmt(token_category(tok.trained, tok.reason), bool(k % 2), tok.special))
+            category = token_category(tok.trained, tok.reason)
+            color = overlay.colors.get(k) if overlay is not None else None
+            if color is not None:
+                cursor.insertText(shown, overlay_fmt(color, category, bool(k % 2), tok.special))
+            else:
+                cursor.insertText(shown, fmt(category, bool(k % 2), tok.special))
             pos += len(shown)
         cursor.endEditBlock()
         self.moveCursor(QTextCursor.MoveOperation.Start)
+        if same:
+            self.verticalScrollBar().setValue(scroll)
 
     def token_at(self, doc_position: int) -> int | None:
         if not self._starts:
@@ -113,10 +148,11 @@ class TokenTextView(QTextEdit):
         if tok.turn is not None:
             role += f" (message {tok.turn})"
         label_text = "—" if label is None else ("−100 (ignored)" if label == IGNORE_INDEX else str(label))
+        extra = self.overlay.tips.get(k) if self.overlay is not None else None
         return (
             f"<b>{html.escape(repr(tok.text))}</b><br>position {k} · token id {tok.id} · label {label_text}<br>"
             f"role: {html.escape(role)}{' · special token' if tok.special else ''}<br>{status}"
-        )
+        ) + (f"<br>{extra}" if extra else "")
 
     def viewportEvent(self, e: QEvent) -> bool:
         if e.type() == QEvent.Type.ToolTip and self._built is not None and isinstance(e, QHelpEvent):
