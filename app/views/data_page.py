@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTableView,
+    QTabWidget,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
 from app.models.rows_model import RowsModel
 from app.session import StudioSession
 from app.views.conversation import conversation_html
+from app.views.loss_ranking import LossRankingPanel
 from app.views.style import Banner, is_dark
 from app.workers.tasks import LoadedRun
 from core.data import FORMATS, RowProblem
@@ -174,9 +176,15 @@ class DataPage(QWidget):
         lower.setStretchFactor(0, 2)
         lower.setStretchFactor(1, 3)
         lower.setSizes([500, 750])
+        # the audit, and beside it (a tab) the rows ranked by their loss under a model of the run
+        self.loss_ranking = LossRankingPanel(session)
+        self.lower_tabs = QTabWidget()
+        self.lower_tabs.setObjectName("dataTabs")
+        self.lower_tabs.addTab(lower, "Audit && problems")
+        self.lower_tabs.addTab(self.loss_ranking, "Loss ranking")
         main = QSplitter(Qt.Orientation.Vertical)
         main.addWidget(upper)
-        main.addWidget(lower)
+        main.addWidget(self.lower_tabs)
         main.setStretchFactor(0, 1)
         main.setStretchFactor(1, 1)
         main.setSizes([400, 360])
