@@ -19,8 +19,14 @@ CATEGORIES: dict[str, tuple[str, str, str]] = {
     "context": ("masked: earlier answer", "#f1eaa6", "#5c5620"),
     "template": ("masked: template markup", "#dddddd", "#4a4a4a"),
     "truncated": ("cut off (beyond max_length)", "#f3b7b7", "#6e2a2a"),
+    # the mask rules a user sets (core.masks.RULE_REASONS)
+    "marked": ("masked: marked train: false in the data", "#f4c6e3", "#6b2a55"),
+    "last_assistant": ("masked: earlier answer (last_assistant)", "#f1eaa6", "#5c5620"),
+    "reasoning": ("masked: reasoning block", "#cfe9e4", "#1f5a52"),
+    "empty_reasoning": ("masked: empty reasoning block", "#e3efed", "#2f4a46"),
 }
-LEGEND_ORDER = ("trained", "system", "user", "prompt", "tool", "context", "template", "truncated")
+LEGEND_ORDER = ("trained", "system", "user", "prompt", "tool", "context", "last_assistant", "marked", "reasoning",
+                "empty_reasoning", "template", "truncated")
 
 
 def is_dark(palette: QPalette | None = None) -> bool:
