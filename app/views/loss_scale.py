@@ -73,6 +73,11 @@ def delta_legend(base: str, tuned: str, dark: bool) -> str:
             f"<b>easier</b> {cells} <b>worse</b> (masked tokens keep their colours)")
 
 
+def _pct(p: float) -> str:
+    """A probability for people: 41.3%, 0.25%, 3.1e-07."""
+    return f"{100 * p:.2f}%" if p >= 1e-4 else f"{p:.1e}"
+
+
 def _show(text: str) -> str:
     return html.escape(repr(text)[1:-1] if text.strip() != text or not text else text)
 
@@ -80,7 +85,7 @@ def _show(text: str) -> str:
 def _top(entry: dict, label_id: int) -> str:
     parts = []
     for candidate in entry.get("top", []):
-        token = f"'{_show(candidate['token'])}' {100 * candidate['prob']:.1f}%"
+        token = f"'{_show(candidate['token'])}' {_pct(candidate['prob'])}"
         parts.append(f"<b>{token} ✓</b>" if candidate.get("id") == label_id else token)
     return " · ".join(parts)
 
@@ -88,7 +93,7 @@ def _top(entry: dict, label_id: int) -> str:
 def loss_tip(entry: dict, model: str) -> str:
     """Hover text of one trained token under one model."""
     return (f"<b>loss {entry['loss']:.3f}</b> nats under {html.escape(model)} · probability of this token "
-            f"<b>{100 * entry['prob']:.2f}%</b><br>top-{len(entry.get('top', []))} next tokens: "
+            f"<b>{_pct(entry['prob'])}</b><br>top-{len(entry.get('top', []))} next tokens: "
             f"{_top(entry, entry['id'])}")
 
 
@@ -97,6 +102,6 @@ def delta_tip(base: dict, tuned: dict, base_name: str, tuned_name: str) -> str:
     word = "easier" if delta < 0 else ("worse" if delta > 0 else "unchanged")
     return (f"<b>loss {base['loss']:.3f} → {tuned['loss']:.3f} ({delta:+.3f}, {word})</b> "
             f"({html.escape(base_name)} → {html.escape(tuned_name)}) · probability of this token "
-            f"{100 * base['prob']:.2f}% → {100 * tuned['prob']:.2f}%<br>"
+            f"{_pct(base['prob'])} → {_pct(tuned['prob'])}<br>"
             f"{html.escape(tuned_name)} top-{len(tuned.get('top', []))}: {_top(tuned, tuned['id'])}<br>"
             f"{html.escape(base_name)} top-{len(base.get('top', []))}: {_top(base, base['id'])}")
