@@ -35,6 +35,7 @@ CACHE_FOLDER = "token_losses"
 CACHE_VERSION = 1
 DEFAULT_TOP_K = 5
 MAX_KEPT_POSITIONS = 4096  # logits rows computed at once (x vocabulary): bounds the memory of one batch
+SOFTMAX_CHUNK = 1024  # positions per fp32 log-softmax (x vocabulary x 4 bytes)
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: a short stage text and how many (row, model) results are done."""
@@ -378,10 +379,12 @@ def _n_targets(labels: Sequence[int]) -> int:
 
 
 class _Scorer:
+    KEEP_LOGITS: bool | None = None  # None: try a boolean logits_to_keep, fall back to full logits if the model refuses
+
     def __init__(self, tokenizer: Any, device: str, top_k: int) -> None:
         self.tokenizer, self.device, self.top_k = tokenizer, device, top_k
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        self.keep_supported: bool | None = None  # does the model take a boolean logits_to_keep?
+        self.keep_supported: bool | None = self.KEEP_LOGITS  # does the model take a boolean logits_to_keep?
         self._texts: dict[int, str] = {}
 
     def text(self, token_id: int) -> str:
@@ -413,19 +416,18 @@ class _Scorer:
             offset = 0
             for r, (_, built) in enumerate(batch):
                 ts = targets[r]
-                if not ts:
-                    out.append([])
-                    continue
-                logp = torch.log_softmax(flat[offset:offset + len(ts)].float(), dim=-1)
-                offset += len(ts)
-                labels = torch.tensor([built.labels[t] for t in ts], device=logp.device)
-                label_logp = logp.gather(1, labels[:, None])[:, 0]
-                k = min(self.top_k, logp.shape[-1])
-                top_logp, top_ids = logp.topk(k, dim=-1)
-                rows = zip(ts, labels.tolist(), (-label_logp).tolist(), label_logp.exp().tolist(),
-                           top_ids.tolist(), top_logp.exp().tolist(), strict=True)
-                out.append(list(rows))
-                del logp
+                rows: list[tuple[int, int, float, float, list, list]] = []
+                for start in range(0, len(ts), SOFTMAX_CHUNK):  # fp32 log-softmax of at most SOFTMAX_CHUNK positions
+                    part = ts[start:start + SOFTMAX_CHUNK]
+                    logp = torch.log_softmax(flat[offset:offset + len(part)].float(), dim=-1)
+                    offset += len(part)
+                    labels = torch.tensor([built.labels[t] for t in part], device=logp.device)
+                    label_logp = logp.gather(1, labels[:, None])[:, 0]
+                    top_logp, top_ids = logp.topk(min(self.top_k, logp.shape[-1]), dim=-1)
+                    rows += zip(part, labels.tolist(), (-label_logp).tolist(), label_logp.exp().tolist(),
+                                top_ids.tolist(), top_logp.exp().tolist(), strict=True)
+                    del logp
+                out.append(rows)
         return out
 
     def _kept_logits(self, model: Any, ids: Any, mask: Any, keep: Any) -> Any:

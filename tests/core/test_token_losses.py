@@ -89,6 +89,22 @@ def test_losses_equal_a_plain_forward_pass_with_the_same_labels(config):
                 assert t["prob"] == pytest.approx(probs[top_ids.index(t["id"])], rel=1e-5)
 
 
+def test_full_logits_and_chunked_softmax_give_the_same_numbers(config, monkeypatch):
+    import core.token_losses as tl
+
+    reference = _scores(config, ["checkpoint-1"], "2-4", use_cache=False)
+    monkeypatch.setattr(tl._Scorer, "KEEP_LOGITS", False)  # an architecture without logits_to_keep
+    monkeypatch.setattr(tl, "SOFTMAX_CHUNK", 5)  # long rows: the log-softmax in pieces
+    monkeypatch.setattr(tl, "MAX_KEPT_POSITIONS", 30)  # batches cut by scored positions
+    other = _scores(config, ["checkpoint-1"], "2-4", use_cache=False)
+    assert [r["row"] for r in other] == [2, 3, 4]
+    for a, b in zip(reference, other, strict=True):
+        assert [t["index"] for t in a["tokens"]] == [t["index"] for t in b["tokens"]]
+        assert [t["top"][0]["id"] for t in a["tokens"]] == [t["top"][0]["id"] for t in b["tokens"]]
+        for x, y in zip(a["tokens"], b["tokens"], strict=True):
+            assert x["loss"] == pytest.approx(y["loss"], abs=1e-4) and x["prob"] == pytest.approx(y["prob"], rel=1e-3)
+
+
 def test_base_checkpoints_and_adapter_give_their_own_numbers(config):
     import torch
 
