@@ -35,12 +35,17 @@ METHOD_TEXT = {
     "markers": "The template marks assistant answers with <code>{% generation %}</code> blocks. transformers "
                "returns the assistant mask from them, exactly as TRL does with <code>assistant_only_loss</code>.",
     "trl-patched": "The template has no <code>{% generation %}</code> markers, but TRL ships a training version of "
-                   "this exact template. Training uses the patched copy (the diff below); the rendered text is the "
-                   "same as at inference, only the markers are added.",
+                   "this exact template. Training uses the patched copy (the diff below): it adds the markers and can "
+                   "render some turns differently (Qwen3 keeps every answer's reasoning block); Training vs inference "
+                   "shows what that means for the selected row.",
     "render-diff": "The template has no <code>{% generation %}</code> markers and TRL has no patched version of it. "
                    "The studio finds each assistant turn by rendering the conversation up to that turn with and "
                    "without it, and checks for every row that the template is prefix-preserving; rows where it is "
-                   "not are refused (reported), never mis-masked.",
+                   "not are read by full-render search (below), never mis-masked.",
+    "render-search": "The template reorders or rewrites earlier turns (Mistral v0.3 moves the system prompt into the "
+                     "last user turn), so each answer is located in the full rendering: the row is rendered again with "
+                     "that answer replaced by a sentinel, and only the answer's own characters may change. Rows where "
+                     "that is ambiguous are refused (reported), never mis-masked.",
 }
 
 
@@ -109,6 +114,36 @@ class TemplatePage(QWidget):
         self.rendered.setPlaceholderText("The selected row appears here once a template is available.")
         self.rendered_box = QGroupBox("Selected row rendered (special tokens boxed)")
         QVBoxLayout(self.rendered_box).addWidget(self.rendered)
+        # what the model trains on next to what it sees at inference (Qwen3 drops earlier reasoning, Mistral v0.3
+        # moves the system prompt, ...): shown side by side with the difference in words
+        self.inference_note = QLabel("")
+        self.inference_note.setObjectName("inferenceNote")
+        self.inference_note.setWordWrap(True)
+        self.inference_note.setTextFormat(Qt.TextFormat.RichText)
+        self.training_text = QPlainTextEdit()
+        self.inference_text = QPlainTextEdit()
+        for view, tip in ((self.training_text, "The conversation as training renders it (the loss is on its answers)"),
+                          (self.inference_text, "The prompt the model gets at inference before it writes the final "
+                                                "answer (the model's own template, with the generation prompt)")):
+            view.setReadOnly(True)
+            view.setFont(mono_font())
+            view.setToolTip(tip)
+        sides = QHBoxLayout()  # two equal columns
+        for title, view in (("Training", self.training_text), ("Inference, before the last answer",
+                                                                self.inference_text)):
+            view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+            column = QVBoxLayout()
+            heading = QLabel(f"<b>{title}</b>")
+            heading.setWordWrap(True)  # a long heading must not claim the width of the other column
+            heading.setToolTip(view.toolTip())
+            column.addWidget(heading)
+            column.addWidget(view, 1)
+            sides.addLayout(column, 1)
+        self.inference_box = QGroupBox("Training vs inference")
+        ib = QVBoxLayout(self.inference_box)
+        ib.addWidget(self.inference_note)
+        ib.addLayout(sides, 1)
+        self.inference_box.hide()
 
         doctor_box = QGroupBox("Template doctor")
         doctor_layout = QVBoxLayout(doctor_box)
@@ -121,6 +156,7 @@ class TemplatePage(QWidget):
         right_split = QSplitter(Qt.Orientation.Vertical)
         right_split.addWidget(self.diff_box)
         right_split.addWidget(self.rendered_box)
+        right_split.addWidget(self.inference_box)
         right_split.setStretchFactor(0, 1)
         right_split.setStretchFactor(1, 2)
         right = QWidget()
@@ -257,7 +293,14 @@ class TemplatePage(QWidget):
         dark = is_dark()
         ok = "#8fdc9f" if dark else "#1f7a3a"
         bad = "#ff7b72" if dark else "#c62828"
-        if view.parity_checked:
+        differs = view.inference is not None and not view.inference[2].startswith(
+            "At inference the model sees the same text")
+        if view.parity_checked and differs and not view.parity:
+            warn = "#ffb86b" if dark else "#a35200"
+            self.parity.setText(f"<span style='color:{warn}'><b>Parity (row {view.row}):</b> the model's own template "
+                                "is prefix-consistent, but training renders this row differently from what the model "
+                                "sees at inference: see Training vs inference below.</span>")
+        elif view.parity_checked:
             if view.parity:
                 self.parity.setText(f"<span style='color:{bad}'><b>Parity (row {view.row}):</b> "
                                     f"{html.escape(view.parity)}</span>")
@@ -266,6 +309,7 @@ class TemplatePage(QWidget):
                                     "model sees at inference is a token-exact prefix of the training tokens.</span>")
         else:
             self.parity.setText("Parity: checked for conversations only.")
+        self._show_inference(view)
         self.rendered_box.setTitle(f"Row {view.row} rendered (special tokens boxed)")
         self.rendered.clear()
         if built is None:
@@ -273,6 +317,22 @@ class TemplatePage(QWidget):
             self.rendered.setPlainText(f"Row {view.row} cannot be rendered: {errors}")
             return
         self._render_text(built)
+
+    def _show_inference(self, view: RowView) -> None:
+        """Training vs inference for this row: side by side, with the difference in words (a warning colour when
+        the model will see something else at inference than it trained with)."""
+        if view.inference is None:
+            self.inference_box.hide()
+            return
+        training, inference, note = view.inference
+        same = note.startswith("At inference the model sees the same text")
+        dark = is_dark()
+        colour = ("#8fdc9f" if dark else "#1f7a3a") if same else ("#ffb86b" if dark else "#a35200")
+        self.inference_note.setText(f"<span style='color:{colour}'><b>Row {view.row}:</b> {html.escape(note)}</span>")
+        self.training_text.setPlainText(training)
+        self.inference_text.setPlainText(inference)
+        self.inference_box.setTitle("Training vs inference" + ("" if same else " — they differ"))
+        self.inference_box.show()
 
     def _render_text(self, built) -> None:  # noqa: ANN001 - BuiltExample
         dark = is_dark()

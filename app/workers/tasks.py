@@ -46,6 +46,8 @@ class RowView:
     max_length: int | None
     parity: str | None = None
     parity_checked: bool = False
+    # (training text, the prompt at inference before the final answer, how they differ): core.templates
+    inference: tuple[str, str, str] | None = None
 
 
 def effective_config(cfg: RunConfig) -> RunConfig:
@@ -118,6 +120,15 @@ def build_row(run: RunData, builder: Any, row: int, parity: bool = True) -> RowV
         except Exception as exc:  # never hide the row because the parity probe failed
             view.parity = f"the parity check could not run: {exc}"
         view.parity_checked = True
+        example = local.dataset.examples[row] or {}
+        if local.template is not None and isinstance(example.get("messages"), list):
+            from core.templates import inference_vs_training
+
+            try:
+                view.inference = inference_vs_training(local.tokenizer, local.template, example["messages"],
+                                                       example.get("tools"))
+            except Exception:  # noqa: BLE001 - a template that cannot render this row is reported by the builder
+                view.inference = None
     return view
 
 

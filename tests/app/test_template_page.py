@@ -47,3 +47,32 @@ def test_jinja_highlighter_marks_generation_blocks(qtbot):
     highlighter.rehighlight()
     formats = edit.document().firstBlock().layout().formats()
     assert any(f.format.background().color().name() == "#9fe0a8" for f in formats)
+
+
+def test_training_and_inference_renderings_side_by_side(open_config, make_config, tmp_path):
+    """Qwen3's template drops earlier answers' reasoning at inference, while training keeps it: the page shows
+    both renderings and says so; a template that renders both alike says that too."""
+    import json
+    from pathlib import Path
+
+    import trl
+
+    qwen3 = Path(trl.__file__).parent / "chat_templates" / "qwen3.jinja"
+    data = tmp_path / "think.jsonl"
+    data.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\nIt is 4."},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "<think>\nAdd again.\n</think>\n\nIt is 6."}]}) + "\n")
+    window = open_config(make_config(data, family="qwen2_5", chat_template=str(qwen3)))
+    page = window.template_page
+    assert page.inference_box.isVisibleTo(page), page.inference_note.text()
+    assert "differ" in page.inference_box.title() and "reasoning" in page.inference_note.text()
+    assert "Add them." in page.training_text.toPlainText()
+    assert "Add them." not in page.inference_text.toPlainText()  # dropped at inference
+
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}]}) + "\n")
+    window = open_config(make_config(plain, family="qwen2_5"))
+    assert "same text" in page.inference_note.text() and "differ" not in page.inference_box.title()
