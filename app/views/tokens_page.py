@@ -42,6 +42,7 @@ METHOD_WORDS = {
     "markers": "assistant tokens from the template's {% generation %} markers",
     "trl-patched": "assistant tokens from TRL's patched training template",
     "render-diff": "assistant tokens found by rendering each turn (render-diff)",
+    "render-search": "assistant tokens found in the full rendering (render-search: the template reorders turns)",
 }
 
 LOSS_WINDOW = 16  # rows scored per request, from the shown row on: the next rows then show at once
