@@ -35,7 +35,8 @@ def add_losses_parser(subparsers: Any) -> None:
     lo.add_argument("--rows", default=None, metavar="A-B", help="rows to score: A-B (inclusive), N, or a comma list "
                     "(0-based, as in preview; default: all)")
     lo.add_argument("--top-k", type=int, default=5, metavar="K", help="next-token candidates per token (default 5)")
-    lo.add_argument("--batch-size", type=int, default=8, metavar="N", help="rows per forward pass (default 8)")
+    lo.add_argument("--batch-size", type=int, default=None, metavar="N",
+                    help="rows per forward pass (default: 32 on a CUDA GPU, 8 on CPU/MPS)")
     lo.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     lo.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                     help="model precision (auto: fp32 on CPU, bf16/fp16 on GPUs)")

@@ -479,7 +479,7 @@ def compute_losses(
     *,
     emit: Callable[[dict], None],
     top_k: int = DEFAULT_TOP_K,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
     use_cache: bool = True,
@@ -500,7 +500,7 @@ def compute_losses(
     started = time.time()
     if top_k < 1:
         raise LossError("--top-k must be at least 1")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise LossError("--batch-size must be at least 1")
     choices = [resolve_model(config, spec) for spec in checkpoints or ["base"]]
     choices = list({c.key: c for c in choices}.values())
@@ -574,7 +574,9 @@ def compute_losses(
         load_started = time.time()
         with models.use(choice) as model:
             summary.load_seconds = round(summary.load_seconds + time.time() - load_started, 2)
-            for batch in _batches(misses, batch_size):
+            # measured: a 0.5B model in bf16 on an H200 scores 60 rows/s at 8 rows a batch, 155 at 32
+            size = batch_size or (32 if models.device == "cuda" else 8)
+            for batch in _batches(misses, size):
                 if is_cancelled():
                     raise LossCancelled("cancelled")
                 scored = scorer.score(model, batch)
