@@ -139,13 +139,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from core.evaluate import EvaluationCancelled, EvaluationError, evaluate_run
-    from core.training.events import EventWriter
-
-    events = EventWriter(None, stream=sys.stdout)
+def cancel_on_stop(from_app: bool) -> threading.Event:
+    """An event set when the app that started this child says ``stop`` or goes away (end of input on stdin);
+    a terminal run (``from_app`` false) is never cancelled that way."""
     cancel = threading.Event()
-    if args.from_app:
+    if from_app:
         def watch() -> None:
             for line in sys.stdin:
                 if line.strip() == "stop":
@@ -153,6 +151,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             cancel.set()
 
         threading.Thread(target=watch, daemon=True).start()
+    return cancel
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.evaluate import EvaluationCancelled, EvaluationError, evaluate_run
+    from core.training.events import EventWriter
+
+    events = EventWriter(None, stream=sys.stdout)
+    cancel = cancel_on_stop(args.from_app)
     try:
         summary = evaluate_run(args.run_dir, max_new_tokens=args.max_new_tokens, sample_size=args.limit,
                                batch_size=args.batch_size, device=args.device, dtype=args.dtype,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -64,20 +63,13 @@ def _text(record: dict) -> str:
 
 def cmd_losses(args: argparse.Namespace) -> int:
     from core.cli import _load_config
+    from core.export_cli import cancel_on_stop
     from core.token_losses import LossCancelled, LossError, compute_losses
     from core.training.events import EventWriter
 
     config = _load_config(args.config, args.set)  # a bad run file: one error line, exit 2 (core.cli.main)
     events = EventWriter(None, stream=sys.stdout) if args.from_app else None
-    cancel = threading.Event()
-    if args.from_app:
-        def watch() -> None:
-            for line in sys.stdin:
-                if line.strip() == "stop":
-                    break
-            cancel.set()
-
-        threading.Thread(target=watch, daemon=True).start()
+    cancel = cancel_on_stop(args.from_app)
     last_stage = [""]
 
     def progress(stage: str, done: int, total: int) -> None:
