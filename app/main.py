@@ -493,6 +493,9 @@ def run_app(run_file: str | None = None, page: str | None = None, row: int | Non
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
+    from app.workers import main_thread_gc
+
+    main_thread_gc.install(app)  # garbage cycles holding widgets are never collected in a worker thread
     from resources import apply_app_identity
 
     apply_app_identity(app)  # name, desktop-file id and icon: the studio looks like itself in launchers and docks

@@ -14,6 +14,18 @@ TEST_DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture(autouse=True)
+def gc_on_the_gui_thread(qapp):
+    """As the app does (app.workers.main_thread_gc): cyclic garbage, such as the widgets of earlier tests, is
+    collected on the GUI thread, never inside a worker thread where a widget's destructor deadlocks."""
+    from app.workers.main_thread_gc import MainThreadGarbageCollector
+
+    collector = MainThreadGarbageCollector()
+    yield
+    collector.stop()
+    collector.deleteLater()
+
+
+@pytest.fixture(autouse=True)
 def isolated_settings(tmp_path_factory):
     """Recent files and geometry go to a temporary folder, never the user's real settings."""
     from PySide6.QtCore import QSettings
