@@ -87,7 +87,7 @@ def test_assistant_only_without_markers_prefix_preserving_uses_render_diff(
     assert code == 0 and report["mask_method"] == "render-diff" and report["trainable_rows"] == 2
 
 
-def test_assistant_only_with_non_prefix_preserving_template_refused_per_row(
+def test_assistant_only_with_non_prefix_preserving_template_read_by_full_render_search(
     tmp_path, tiny_model_factory, data, cli
 ):
     template = tmp_path / "last_turn_differs.jinja"
@@ -104,10 +104,12 @@ def test_assistant_only_with_non_prefix_preserving_template_refused_per_row(
         data={"train_on": "assistant"},
     )
     code, report, _ = cli.audit(run)
-    assert code == 1 and report["trainable_rows"] == 0 and len(report["dropped"]) == 2
-    problems = [p for p in report["problems"] if p["severity"] == "error"]
-    assert {p["field"] for p in problems} == {"messages[1]"}
-    assert all("not prefix-preserving" in p["message"] and "train_on: all" in p["message"] for p in problems)
+    # Each answer is unambiguous in the full rendering, so the rows are read by full-render search (issue 19) and
+    # trained on exactly the answers; the audit still exits 1 because the model would be prompted differently at
+    # inference ("assistant: " vs "FINAL: "), and says how each row was read.
+    assert code == 1 and report["trainable_rows"] == 2 and not report["dropped"]
+    assert report["parity"], "the train/inference mismatch must be reported"
+    assert report["row_methods"] == {"render-search": [0, 1]}
     # train_on: all needs no assistant spans: every row trains, and the audit still flags the inference mismatch
     run = write_run(
         tmp_path,
