@@ -115,36 +115,27 @@ def _cached_revision(repo_id: str) -> str | None:
 
 
 def _gguf_source(file: Path) -> dict[str, str]:
-    """``hub_id`` (from the source keys llama.cpp's converter writes) and ``quantization`` of a GGUF file."""
+    """``hub_id`` (from the source keys llama.cpp's converter writes) and ``quantization`` of a GGUF file, read with
+    the library's fast header reader (the vocabulary is skipped, not decoded)."""
+    from core.gguf_header import GGUFHeaderError, quantization_name, read_gguf_header
+
     out: dict[str, str] = {}
     try:
-        from gguf import GGUFReader, LlamaFileType
-
-        reader = GGUFReader(str(file))
-        fields = reader.fields
-
-        def value(key: str) -> Any:
-            field = fields.get(key)
-            return field.contents() if field is not None else None
-
-        for key in ("general.source.huggingface.repository", "general.source.url", "general.repo_url"):
-            text = value(key)
-            if not isinstance(text, str):
-                continue
-            text = text.strip()
-            match = _HF_URL.match(text)
-            candidate = match.group(1) if match else text
-            if looks_like_hub_id(candidate):
-                out["hub_id"] = candidate
-                break
-        file_type = value("general.file_type")
-        if isinstance(file_type, int):
-            try:
-                out["quantization"] = LlamaFileType(file_type).name.removeprefix("MOSTLY_")
-            except ValueError:
-                pass
-    except Exception:  # noqa: BLE001 - an unreadable header: training reports that; here it is just unknown
-        pass
+        header = read_gguf_header(file)
+    except (GGUFHeaderError, OSError):  # an unreadable header: training reports that; here it is just unknown
+        return out
+    for key in ("general.source.huggingface.repository", "general.source.url", "general.repo_url"):
+        text = header.get(key)
+        if not isinstance(text, str):
+            continue
+        match = _HF_URL.match(text.strip())
+        candidate = match.group(1) if match else text.strip()
+        if looks_like_hub_id(candidate):
+            out["hub_id"] = candidate
+            break
+    quantization = quantization_name(header)
+    if quantization:
+        out["quantization"] = quantization
     return out
 
 

@@ -59,19 +59,28 @@ def test_folder_inside_the_hub_cache_is_named_by_repository_and_commit(tiny_mode
     assert identity.found_by == "Hugging Face cache folder"
 
 
-def test_gguf_metadata_names_the_source_repository(tmp_path):
+def _write_gguf(path, **fields):
+    """A minimal GGUF file with these metadata fields (strings, or ints as uint32) and one tensor."""
     gguf = pytest.importorskip("gguf")
-    path = tmp_path / "model.Q8_0.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_string("general.source.url", "https://huggingface.co/Some-Org/Some-Model-1B")
-    writer.add_uint32("general.file_type", int(gguf.LlamaFileType.MOSTLY_Q8_0))
     import numpy as np
 
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in fields.items():
+        name = key.replace("__", ".")
+        writer.add_string(name, value) if isinstance(value, str) else writer.add_uint32(name, int(value))
     writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_gguf_metadata_names_the_source_repository(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = _write_gguf(tmp_path / "model.Q8_0.gguf",
+                       general__source__url="https://huggingface.co/Some-Org/Some-Model-1B",
+                       general__file_type=gguf.LlamaFileType.MOSTLY_Q8_0)
     identity = identify_base(str(path))
     assert identity.hub_id == "Some-Org/Some-Model-1B"
     assert identity.quantization == "Q8_0"
@@ -79,17 +88,7 @@ def test_gguf_metadata_names_the_source_repository(tmp_path):
 
 
 def test_gguf_without_source_keys_is_a_local_file(tmp_path):
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
-
-    path = tmp_path / "anon.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_string("general.name", "Some model")
-    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = _write_gguf(tmp_path / "anon.gguf", general__name="Some model")
     identity = identify_base(str(path))
     assert identity.hub_id is None and identity.loadable == str(path.resolve())
 
