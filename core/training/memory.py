@@ -188,12 +188,13 @@ def _gguf_facts_cached(file: str, size: int, mtime_ns: int) -> dict[str, Any]:
             return data
     except (OSError, ValueError):
         pass
-    from gguf import GGUFReader
     from transformers import AutoConfig
+
+    from core.gguf_header import read_gguf_header
 
     folder, name = str(Path(file).parent), Path(file).name
     config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=False).to_dict()
-    has_template = "tokenizer.chat_template" in GGUFReader(file).fields
+    has_template = read_gguf_header(file).get("tokenizer.chat_template") is not None
     # as the cache will hold it: the first answer and every later one are the same
     data = json.loads(json.dumps({"config": config, "chat_template": has_template, "file": file}, default=str))
     try:  # a cache that cannot be written only costs time
