@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     from core.model_library_cli import add_library_parsers
 
     add_library_parsers(sub)  # models, download
+    from core.dataset_hub_cli import add_dataset_parsers
+
+    add_dataset_parsers(sub)  # dataset-info: a Hub dataset's size, files, format and first rows before downloading
     from core.losses_cli import add_losses_parser
 
     add_losses_parser(sub)  # losses: per-token loss under the base, a checkpoint or the adapter

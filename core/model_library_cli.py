@@ -1,7 +1,7 @@
 """The ``models`` and ``download`` subcommands of ``sft-studio`` (the model library, DESIGN.md §3.2).
 
     sft-studio models [--config RUN.yaml] [--json] [--no-fit] [--add PATH] [--remove PATH]
-    sft-studio download ID [--revision R] [--repo-type model|dataset]
+    sft-studio download ID [--revision R] [--repo-type model|dataset | --dataset]
 
 ``models`` lists the bundled model, the Hugging Face cache, LM Studio's and Ollama's models, added folders/GGUF files
 and recent models, each with its size and the fit check's verdict for the run file (or the default run) on this
@@ -49,6 +49,9 @@ def add_library_parsers(subparsers: Any) -> None:
     dl.add_argument("repo_id", metavar="ID", help="a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
     dl.add_argument("--revision", default=None, metavar="R", help="branch, tag or commit (default: main)")
     dl.add_argument("--repo-type", default="model", choices=("model", "dataset"))
+    dl.add_argument("--dataset", action="store_const", const="dataset", dest="repo_type",
+                    help="ID is a dataset (the same as --repo-type dataset); preview it first with `sft-studio "
+                    "dataset-info ID`")
     dl.add_argument("--include", action="append", default=None, metavar="PATTERN",
                     help="only files matching this pattern, e.g. '*.Q4_K_M.gguf' (repeatable)")
     dl.add_argument("--progress-json", action="store_true", help=argparse.SUPPRESS)  # the app: marked events

@@ -4,13 +4,15 @@ It serves the routes huggingface_hub 2.x calls (point ``HF_ENDPOINT`` at :attr:`
 
 * ``GET /api/models?search=…``                         list (``filter``, ``sort``, ``limit`` honoured loosely)
 * ``GET /api/{models|datasets}/{id}[/revision/{rev}]`` repository info with ``sha`` and ``siblings`` (sizes, lfs)
-* ``GET /api/{models|datasets}/{id}/tree/{rev}``       the file tree (``snapshot_download`` lists it)
+* ``GET /api/{models|datasets}/{id}/tree/{rev}[/{path}]`` the tree under ``path`` (``recursive`` honoured, folders
+  listed as ``directory`` entries): ``snapshot_download`` and ``HfFileSystem`` list it
 * ``HEAD|GET /[datasets/]{id}/resolve/{rev}/{file}``   the bytes, with ``X-Repo-Commit``, ``ETag`` /
   ``X-Linked-Etag`` (sha256 for LFS files, the git blob id otherwise), ``Content-Length`` and ``Range`` support
 
 A file can be served slowly (``slow={name: (chunk_bytes, delay_s)}``) so that a test can cancel mid-transfer; a
 gated repository answers 401 with ``X-Error-Code: GatedRepo`` on ``resolve``, as the Hub does. Every request is
-logged in :attr:`HubServer.requests` (method, path, Range header). Standard library only.
+logged in :attr:`HubServer.requests` (method, path, Range header), and the body bytes sent for each file in
+:attr:`HubServer.sent` (so that a test can check that only a prefix of a file was fetched). Standard library only.
 """
 
 from __future__ import annotations
@@ -62,6 +64,25 @@ class Repo:
             out["lfs"] = {"sha256": self.etag(name), "size": len(self.files[name]), "pointerSize": 134}
         return out
 
+    def tree(self, prefix: str, recursive: bool) -> list[dict] | None:
+        """The entries under ``prefix`` (folders first, as the Hub's tree lists them); None when it is no folder."""
+        base = prefix.strip("/")
+        head = base + "/" if base else ""
+        folders: dict[str, None] = {}
+        files = []
+        for name in sorted(self.files):
+            if not name.startswith(head):
+                continue
+            parts = name[len(head):].split("/")
+            for depth in range(1, len(parts) if recursive else min(2, len(parts))):
+                folders.setdefault(head + "/".join(parts[:depth]), None)
+            if recursive or len(parts) == 1:
+                files.append(self.tree_entry(name))
+        if base and not files and not folders:
+            return None
+        oid = lambda path: hashlib.sha1(path.encode()).hexdigest()  # noqa: E731
+        return [{"type": "directory", "path": d, "oid": oid(d)} for d in folders] + files
+
     def tree_entry(self, name: str) -> dict:
         out = {"type": "file", "path": name, "size": len(self.files[name]), "oid": self.etag(name)[:40]}
         if self.is_lfs(name):
@@ -93,6 +114,7 @@ class HubServer:
     def __init__(self, repos: list[Repo]) -> None:
         self.repos = {(r.repo_type, r.repo_id): r for r in repos}
         self.requests: list[tuple[str, str, str | None]] = []
+        self.sent: list[tuple[str, int]] = []  # (file path in the URL, body bytes sent)
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"hub": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -120,6 +142,11 @@ class HubServer:
     def ranges(self, name: str) -> list[str | None]:
         """The Range headers of the GET requests for files ending in ``name``."""
         return [r for m, p, r in self.requests if m == "GET" and p.endswith("/" + name)]
+
+    def bytes_sent(self, name: str) -> int:
+        """Body bytes sent for files ending in ``name`` (all requests together)."""
+        with self.lock:
+            return sum(n for p, n in self.sent if p.endswith("/" + name))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -171,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
             if parts[:2] == ["api", "models"] and len(parts) == 2:
                 return self._list(query)
             if parts[:1] == ["api"] and len(parts) >= 4 and parts[1] in ("models", "datasets"):
-                return self._api(parts[1][:-1], parts[2:])
+                return self._api(parts[1][:-1], parts[2:], query)
             repo_type = "dataset" if parts[:1] == ["datasets"] else "model"
             rest = parts[1:] if repo_type == "dataset" else parts
             if len(rest) >= 5 and rest[2] == "resolve":
@@ -187,13 +214,17 @@ class _Handler(BaseHTTPRequestHandler):
         found.sort(key=lambda r: -r.downloads)
         self._json([r.info(full=False) for r in found[:limit]])
 
-    def _api(self, repo_type: str, parts: list[str]) -> None:
+    def _api(self, repo_type: str, parts: list[str], query: dict) -> None:
         repo = self._repo(repo_type, parts)
         if repo is None:
             return self._error(401, "RepoNotFound", "Repository not found")
         rest = parts[2:]
         if rest and rest[0] == "tree":
-            return self._json([repo.tree_entry(n) for n in sorted(repo.files)])
+            recursive = (query.get("recursive") or ["false"])[0].lower() in ("1", "true")
+            entries = repo.tree("/".join(rest[2:]), recursive)
+            if entries is None:
+                return self._error(404, "EntryNotFound", f"{'/'.join(rest[2:])} does not exist")
+            return self._json(entries)
         if rest and rest[0] == "revision" and len(rest) > 1 and rest[1] not in ("main", repo.sha):
             return self._error(404, "RevisionNotFound", "Invalid rev id")
         self._json(repo.info())
@@ -210,27 +241,34 @@ class _Handler(BaseHTTPRequestHandler):
         if name not in repo.files:
             return self._error(404, "EntryNotFound", f"{name} does not exist")
         data = repo.files[name]
-        start = 0
+        start, stop = 0, len(data)  # stop: one past the last byte sent
         rng = self.headers.get("Range")
+        partial = False
         if rng and rng.startswith("bytes=") and self.command == "GET":
-            start = int(rng[6:].split("-", 1)[0] or 0)
-        self.send_response(206 if start else 200)
+            first, _, last = rng[6:].partition("-")
+            start = int(first or 0)
+            stop = min(len(data), int(last) + 1) if last else len(data)
+            partial = start > 0 or stop < len(data)
+        self.send_response(206 if partial else 200)
         self.send_header("X-Repo-Commit", repo.sha)
         self.send_header("ETag", f'"{repo.etag(name)}"')
         if repo.is_lfs(name):
             self.send_header("X-Linked-Etag", f'"{repo.etag(name)}"')
             self.send_header("X-Linked-Size", str(len(data)))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(data) - start))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(stop - start))
+        if partial:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
         self.end_headers()
         if self.command == "HEAD":
             return
         chunk, delay = repo.slow.get(name, (1 << 20, 0.0))
-        for offset in range(start, len(data), chunk):
-            self.wfile.write(data[offset:offset + chunk])
+        for offset in range(start, stop, chunk):
+            piece = data[offset:min(offset + chunk, stop)]
+            self.wfile.write(piece)
             self.wfile.flush()
+            with self.hub.lock:
+                self.hub.sent.append((unquote(self.path.split("?", 1)[0]), len(piece)))
             if delay:
                 time.sleep(delay)
 
