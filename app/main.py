@@ -447,7 +447,7 @@ class MainWindow(QMainWindow):
         self.params_page.shutdown()
         self.chat_page.shutdown()
         self.tokens_page.shutdown()
-        self.data_page.loss_ranking.shutdown()
+        self.data_page.shutdown()  # the loss ranking, the Hub dataset preview
         self.workers_stopped = self.session.shutdown()
         super().closeEvent(event)
 

@@ -270,6 +270,8 @@ class DatasetPreview:
     format_columns: dict[str, str] = field(default_factory=dict)
     format_error: str | None = None
     problems: list[str] = field(default_factory=list)
+    examples: list[dict[str, Any] | None] = field(default_factory=list)  # each row as the studio normalises it (TRL
+    # format: messages / prompt+completion / text), None where the row has an error; empty when no format was found
     note: str | None = None  # why fewer rows than asked (a giant row group, the byte budget, the end of the file)
     elapsed: float = 0.0
 
@@ -643,6 +645,7 @@ def _detect(preview: DatasetPreview) -> None:
         return
     preview.format, preview.format_reason = normalized.format, normalized.reason
     preview.format_columns = dict(normalized.columns)
+    preview.examples = list(normalized.examples)
     preview.problems += [f"row {p.row}: {(p.field + ': ') if p.field else ''}{p.message}"
                          for p in normalized.problems if p.severity == "error"][:10]
 

@@ -101,10 +101,17 @@ class DataPage(QWidget):
         self.load_button = QPushButton("Load")
         self.file_button = QPushButton("Open file…")
         self.folder_button = QPushButton("Open folder…")
+        self.hub_button = QPushButton("Preview from Hub…")
+        self.hub_button.setEnabled(False)
+        self.hub_button.setToolTip("For a Hub dataset id (org/name): its size, files, detected format and first rows, "
+                                   "read from the start of one file without downloading it; then download it with "
+                                   "progress and use it")
+        self.hub_dialog = None  # DatasetHubDialog, made on first use (a download keeps running while it is closed)
         source_row = QHBoxLayout()
         source_row.addWidget(QLabel("Dataset"))
         source_row.addWidget(self.source_edit, 1)
         source_row.addWidget(self.load_button)
+        source_row.addWidget(self.hub_button)
         source_row.addWidget(self.file_button)
         source_row.addWidget(self.folder_button)
 
@@ -203,6 +210,8 @@ class DataPage(QWidget):
         self.load_button.clicked.connect(self._load_source)
         self.source_edit.returnPressed.connect(self._load_source)
         self.file_button.clicked.connect(self.open_file_dialog)
+        self.hub_button.clicked.connect(self.open_hub_preview)
+        self.source_edit.textChanged.connect(self._update_hub_button)
         self.folder_button.clicked.connect(self.open_folder_dialog)
         self.format_combo.currentTextChanged.connect(self._on_format_chosen)
         self.table.selectionModel().currentRowChanged.connect(lambda cur, _prev: self._on_table_row(cur.row()))
@@ -223,6 +232,26 @@ class DataPage(QWidget):
         text = self.source_edit.text().strip()
         if text:
             self.session.update_config(data__path=text, data__format="auto", data__columns={})
+
+    def _update_hub_button(self, text: str) -> None:
+        from core.dataset_hub import looks_like_hub_dataset_id
+
+        self.hub_button.setEnabled(looks_like_hub_dataset_id(text))
+
+    def open_hub_preview(self):  # noqa: ANN201 - DatasetHubDialog, imported on first use
+        """Preview the Hub dataset named in the field (one dialog: a download keeps running while it is closed)."""
+        from app.views.dataset_hub_dialog import DatasetHubDialog
+
+        if self.hub_dialog is None:
+            self.hub_dialog = DatasetHubDialog(self.session, parent=self, choose=self.open_dataset)
+        self.hub_dialog.open_for(self.source_edit.text().strip())
+        return self.hub_dialog
+
+    def shutdown(self) -> None:
+        """Stop the page's threads and children (the app is closing): the loss ranking, the Hub dataset dialog."""
+        self.loss_ranking.shutdown()
+        if self.hub_dialog is not None:
+            self.hub_dialog.shutdown()
 
     def open_file_dialog(self) -> None:
         start = str(Path(self.session.config.data.path).parent)
