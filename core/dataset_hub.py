@@ -528,7 +528,7 @@ def _read_text_rows(stream: Any, kind: str, n: int, preview: DatasetPreview) -> 
     if kind == "json" and first == "[":
         _read_json_array(stream, n, preview)
     elif first in ("{", ""):
-        _read_json_lines(stream, n, preview)
+        _read_json_lines(stream, n, preview, whole_object_possible=kind == "json")
     else:
         raise HubError(f"{preview.facts.repo_id}/{preview.file}: starts with {first!r}, neither a JSON array nor JSON "
                        "objects", "unreadable")
@@ -563,7 +563,9 @@ def _first_byte(stream: Any) -> str:
     return text[:1]
 
 
-def _read_json_lines(stream: Any, n: int, preview: DatasetPreview) -> None:
+def _read_json_lines(stream: Any, n: int, preview: DatasetPreview, whole_object_possible: bool = False) -> None:
+    """JSON lines. A ``.json`` file whose first line is not a whole object is one object over many lines (``{"data":
+    [...]}``), which only a full read can split into rows: said so instead of a problem per line."""
     for lineno, line in enumerate(_lines(stream), 1):
         if len(preview.rows) >= n:
             break
@@ -573,6 +575,10 @@ def _read_json_lines(stream: Any, n: int, preview: DatasetPreview) -> None:
         try:
             value = json.loads(text)
         except ValueError as exc:
+            if whole_object_possible and not preview.rows:
+                raise HubError(f"{preview.facts.repo_id}/{preview.file}: one JSON object over many lines, not JSON "
+                               "lines or an array; its rows can be read once the dataset is downloaded",
+                               "unsupported") from None
             preview.rows.append(None)
             preview.problems.append(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
         else:

@@ -58,6 +58,8 @@ def hub():
         Repo("data-org/one-group", {"train.parquet": _alpaca_parquet(3000, 3000)}, repo_type="dataset"),
         Repo("data-org/odd", {"train.jsonl": b'{"foo": 1, "bar": 2}\n' * 50}, repo_type="dataset"),
         Repo("data-org/images", {"images.zip": b"PK" + b"\0" * 100}, repo_type="dataset"),
+        Repo("data-org/wrapped", {"train.json": json.dumps({"data": [{"text": "a"}]}, indent=2).encode()},
+             repo_type="dataset"),
         Repo("gated-org/private-chats", {"train.jsonl": CHAT_JSONL[:10_000]}, repo_type="dataset", gated=True),
     ]
     with HubServer(repos) as server:
@@ -177,6 +179,9 @@ def test_rows_the_studio_cannot_read_say_why(hub, hub_env):
     with pytest.raises(HubError, match="no data file the studio can preview") as images:
         preview_dataset("data-org/images")
     assert images.value.kind == "unsupported"
+    with pytest.raises(HubError, match="one JSON object over many lines") as wrapped:
+        preview_dataset("data-org/wrapped")
+    assert wrapped.value.kind == "unsupported"
 
 
 def test_cancel_stops_between_requests(hub_env):
