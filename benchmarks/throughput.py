@@ -595,6 +595,14 @@ def experiments(qwen, llama, rows, device, steps):
                                                   name="q8-eager-ck-noliger", roundtrip=False, compile_layers=False,
                                                   liger=False)),
         ],
+        "s4q8": [  # QLoRA memory (issue 18.2): TRL's activation offloading over the compiled recomputation
+            ("qlora-save", lambda: save_random(llama, device, folder)),
+            ("q8-auto", lambda: qlora(llama, rows, 24, 8, device, folder, baseline=False, name="q8-auto",
+                                      roundtrip=False)),
+            ("q8-offload", lambda: qlora(llama, rows, 24, 8, device, folder, baseline=False, name="q8-offload",
+                                         roundtrip=False,
+                                         tweak=lambda t: t.sft_args.update(activation_offloading=True))),
+        ],
         "s3fused": [
             ("grid-qwen-studio-b32-fused", lambda: studio("grid-qwen-studio-b32-fused", qwen, rows, 8, 3, device,
                                                           batch=32, tweak=fused_recompute)),

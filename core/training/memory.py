@@ -38,7 +38,8 @@ MiB = 2**20
 _LOSS_TOKEN_TILE = 4096
 _LOSS_VOCAB_TILE = 32768
 _CUDA_CONTEXT = 600 * MiB  # driver + cuBLAS/cuDNN workspaces; not in torch.cuda.memory_allocated()
-_ALLOCATOR_SLACK = 0.06  # reserved-but-unused fraction of the caching allocator at the peak
+_ALLOCATOR_SLACK = 0.06
+_OFFLOAD_STASH = 2  # layers' saved tensors still on the device under activation offloading (copies in flight)  # reserved-but-unused fraction of the caching allocator at the peak
 
 FITS, TIGHT, WONT_FIT, UNKNOWN = "fits", "tight", "won't fit", "unknown"
 _FIT_FRACTION = 0.90  # above this fraction of the device the run is "tight"
@@ -348,6 +349,7 @@ def estimate_memory(
     attn: str | None = None,
     compiled: bool = False,
     recompute_budget: float | None = None,
+    offload: bool = False,
     suggest: bool = True,
 ) -> MemoryEstimate:
     """Estimate peak memory of training ``config`` (a :class:`~core.config.RunConfig`).
@@ -356,7 +358,9 @@ def estimate_memory(
     ``micro_batch × data.max_length``. ``gradient_checkpointing`` / ``precision`` default to the run file's values
     (auto → off / bf16). ``device_total_bytes`` turns on the verdict and the suggestions. With
     ``gradient_checkpointing`` and ``compiled``, ``recompute_budget`` is the compiled layers' activation memory budget
-    (core.training.performance): they keep what checkpointing keeps plus that share of the rest."""
+    (core.training.performance): they keep what checkpointing keeps plus that share of the rest. ``offload`` is
+    TRL's activation offloading: what the layers keep for the backward pass waits in pinned host memory instead
+    (the estimate keeps a few layers' worth on the device for the copies in flight)."""
     tc, lora = config.training, config.lora
     model_config = load_model_config(model_config if model_config is not None else config.model.name_or_path)
     shape = model_shape(model_config)
@@ -404,6 +408,15 @@ def estimate_memory(
             kept += recompute_budget * max(0, (shape.layers - 1) * per_layer * n - shape.layers * s * shape.hidden * n)
     else:
         kept = shape.layers * per_layer * n
+    offloaded = 0
+    if offload:
+        # TRL's OffloadActivations: every saved tensor goes to the host as the forward pass makes it, with up to
+        # _OFFLOAD_STASH layers' tensors still on the device while their copies run; the backward pass brings one
+        # layer's back at a time (prefetching the next)
+        layer_saved = (s * shape.hidden * n) if checkpointing else per_layer * n
+        on_device = min(shape.layers, _OFFLOAD_STASH) * layer_saved
+        offloaded = max(0, shape.layers * layer_saved - on_device)
+        kept -= offloaded
     mask = 0
     if masked and attn == "sdpa":
         mask = (n * n if padding_free else batch * seq_len * seq_len) * (1 + s)
@@ -418,6 +431,11 @@ def estimate_memory(
     transient = s * n * (3 * shape.intermediate + 2 * shape.hidden) + 4 * n * shape.hidden
     if quantized:
         transient += 2 * s * shape.hidden * shape.intermediate
+    if checkpointing and compiled and recompute_budget is not None:
+        # the compiled backward holds about 16 bytes per token and hidden unit more than the eager one (gradients of
+        # the residual stream in fp32 beside the recomputed layer); calibrated on an H200, 8B LoRA, one row of
+        # 32k-128k tokens, where the estimate without this term fell 5-9 % short (benchmarks/RESULTS.md)
+        transient += 16 * shape.hidden * n
     transient = int(transient)
     if checkpointing and not (compiled and recompute_budget is not None):
         # transformers' checkpointing frees the loss buffers before the layers' backward, where one recomputed layer
@@ -437,6 +455,7 @@ def estimate_memory(
             "load_in_4bit": quantized, "padding_free": padding_free, "liger": liger, "attn": attn, "compiled": compiled,
             "recompute_budget": recompute_budget if checkpointing and compiled else None,
             "activation_bytes_per_token_per_layer": int(per_layer),
+            "activation_offloading": offload, "offloaded_to_host_bytes": int(offloaded),
         },
     )
     if device_total_bytes:
@@ -446,6 +465,7 @@ def estimate_memory(
                 config, device_total_bytes, model_config=model_config, checkpointing=checkpointing, batch=batch,
                 tokens=n, padding_free=padding_free, liger=liger, precision=precision, device_kind=device_kind,
                 trained_fraction=trained_fraction, attn=attn, compiled=compiled, recompute_budget=recompute_budget,
+                offload=offload,
             )
     return est
 

@@ -123,6 +123,9 @@ def run_training(config: RunConfig, events: EventWriter | None = None, resume: b
 
     Raises :class:`TrainingFailed` (kind: config | data | oom | crash) for failures the user can act on."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # the caching allocator grows segments instead of stranding freed blocks of other sizes: long rows and
+    # padding-free batches change every tensor's size from step to step (read when CUDA first allocates)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from core.training.distributed import in_rank_child, is_main_rank
 
     output_dir = Path(config.output_dir)
