@@ -90,7 +90,7 @@ def _online() -> None:
     constants.HF_HUB_OFFLINE = offline_reason() is not None
     reason = offline_reason()
     if reason:
-        raise HubError(f"{reason}: the Hub is not contacted; local models are still listed", "offline")
+        raise HubError(f"{reason}: the Hub is not contacted (local models and files still work)", "offline")
 
 
 def describe_hub_error(exc: BaseException, repo_id: str, repo_type: str = "model") -> HubError:
