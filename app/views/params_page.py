@@ -600,7 +600,9 @@ class ParamsPage(QWidget):
             + ("activations recomputed in the compiled layers" if a.get("recompute_budget") is not None else
                f"gradient checkpointing {'on' if a.get('gradient_checkpointing') else 'off'}") +
             f"{', 4-bit' if a.get('load_in_4bit') else ''}{', padding-free' if a.get('padding_free') else ''}"
-            f"{', compiled layers' if a.get('compiled') and a.get('recompute_budget') is None else ''}</small>")
+            f"{', compiled layers' if a.get('compiled') and a.get('recompute_budget') is None else ''}"
+            + (f", saved activations offloaded to host RAM ({_gib(a.get('offloaded_to_host_bytes') or 0)})"
+               if a.get("activation_offloading") else "") + "</small>")
         sugg = est.get("suggestions") or []
         self.suggestions_label.setText(("<b>To make it fit:</b><br>" + "<br>".join(f"• {html.escape(s)}" for s in sugg))
                                        if sugg else "")

@@ -87,6 +87,16 @@ class TunedSettings:
                                if self.recompute_budget is not None else ")"))
         return done
 
+def host_memory_bytes() -> int | None:
+    """The machine's physical memory (what pinned host buffers draw on), or None where the OS does not say."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
@@ -305,10 +315,14 @@ def tuned_settings(
             if offloaded.total < estimate.total:
                 host = offloaded.assumptions.get("offloaded_to_host_bytes", 0)
                 tuned.sft_args["activation_offloading"] = True
+                ram = host_memory_bytes()
+                # TRL's offloading warns above 60 % of the host's memory; pinned pages cannot be swapped
+                short = (f"; memory warning: that is more than 60 % of this machine's {ram / 2**30:.0f} GiB of RAM"
+                         if ram and host > 0.6 * ram else "")
                 tuned.reasons.append(
                     f"activation offloading on: one micro-batch of {offloaded.tokens:,} tokens does not fit with "
                     f"recomputation alone ({estimate.summary()}); each layer's saved input goes to pinned host "
-                    f"memory ({host / 2**30:.1f} GiB of host RAM) and comes back for the backward pass")
+                    f"memory ({host / 2**30:.1f} GiB of host RAM) and comes back for the backward pass{short}")
                 estimate = offloaded
         if estimate.verdict != "fits":
             tuned.reasons.append(f"memory warning: {estimate.summary()}; even micro-batch 1 may not fit")

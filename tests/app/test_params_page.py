@@ -260,3 +260,32 @@ def test_fit_check_names_how_a_gpu_run_recomputes(page, tmp_path):
     page._show_estimate(shown, {"kind": "cuda", "name": "NVIDIA H100"})
     assert "gradient checkpointing on" in page.breakdown_label.text()
     assert "compiled layers" not in page.breakdown_label.text()
+
+
+def test_fit_check_says_when_a_long_row_offloads_activations_to_host_ram(page, tmp_path):
+    from core.config import RunConfig
+    from core.training.devices import DeviceInfo
+    from core.training.memory import estimate_memory
+    from core.training.performance import tuned_settings
+
+    cfg = RunConfig()
+    cfg.training.per_device_train_batch_size = 1
+    cfg.data.max_length = 65536
+    page.config.data.max_length = 65536
+    gpu = DeviceInfo("cuda", "NVIDIA L40S", 48 * 2**30, True)
+    arch = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}
+    tuned = tuned_settings(cfg, gpu, model_config=arch, lengths=[65536], flash_attn=False, liger=False, varlen=True,
+                           compile_ok=True)
+    est = estimate_memory(cfg, gpu.total_memory, **tuned.estimate_kwargs)
+    shown = {"breakdown": est.breakdown(), "total": est.total, "device_total": est.device_total,
+             "verdict": est.verdict, "suggestions": [], "assumptions": est.assumptions}
+    page._show_estimate(shown, {"kind": "cuda", "name": "NVIDIA L40S"})
+    text = page.breakdown_label.text()
+    assert "1 × 65536 tokens" in text and "activations recomputed in the compiled layers" in text
+    assert "saved activations offloaded to host RAM (15.00 GiB)" in text
+    assert "won't fit" not in page.verdict_label.text()
+    page.grab().save(str(tmp_path / "fit-check-long-row.png"))
+    import shutil
+
+    shutil.copy(tmp_path / "fit-check-long-row.png", "/tmp/fit-check-long-row.png")

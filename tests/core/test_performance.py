@@ -152,3 +152,17 @@ def test_offloading_estimate_moves_the_layer_inputs_to_the_host():
     layer_input = 2 * 4096 * 131072  # bf16 hidden state of one layer
     assert off.assumptions["offloaded_to_host_bytes"] == (32 - 2) * layer_input
     assert kept.peak_allocated - off.peak_allocated == (32 - 2) * layer_input
+
+
+def test_offloading_warns_when_the_host_has_too_little_ram(monkeypatch):
+    import core.training.performance as perf
+
+    monkeypatch.setattr(perf, "host_memory_bytes", lambda: 16 * 2**30)  # 15 GiB to offload, 16 GiB of RAM
+    t = tuned_settings(_long(65536), GPU_48GB, model_config=LLAMA_3_1_8B, lengths=[65536], flash_attn=False,
+                       liger=False, varlen=True, compile_ok=True)
+    reason = next(r for r in t.reasons if r.startswith("activation offloading on"))
+    assert "memory warning" in reason and "16 GiB of RAM" in reason
+    monkeypatch.setattr(perf, "host_memory_bytes", lambda: 256 * 2**30)
+    t = tuned_settings(_long(65536), GPU_48GB, model_config=LLAMA_3_1_8B, lengths=[65536], flash_attn=False,
+                       liger=False, varlen=True, compile_ok=True)
+    assert "memory warning" not in next(r for r in t.reasons if r.startswith("activation offloading on"))
