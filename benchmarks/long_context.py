@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.architectures import ARCHITECTURES  # noqa: E402
+from benchmarks.long_rows import PROMPT_SHARE, long_row  # noqa: E402
 from benchmarks.throughput import (  # noqa: E402
     TINY,
     base_sft_args,
@@ -43,19 +44,7 @@ from benchmarks.throughput import (  # noqa: E402
 )
 
 GiB = 2**30
-PROMPT_SHARE = 0.10
 
-
-def long_row(length: int, vocab: int, seed: int = 0) -> dict:
-    """One row of ``length`` tokens: a prompt (no loss) and a continuation whose next token is a fixed permutation
-    of the previous one (learnable), as in throughput.py's rows."""
-    g = torch.Generator().manual_seed(seed)
-    perm = (torch.randperm(vocab - 10, generator=g) + 10).tolist()
-    ids = [int(torch.randint(10, vocab, (1,), generator=g))]
-    for _ in range(length - 1):
-        ids.append(perm[ids[-1] - 10])
-    prompt = int(length * PROMPT_SHARE)
-    return {"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]}
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ Runs under Unsloth's wheels (``../shared/gpu/unsloth_bench``: copy it to ``.ub/`
     PYTHONPATH=/tmp/usite python3 benchmarks/unsloth_long.py --harness .ub --out $OUT --lengths 16384,32768
 
 It imports that harness for the random model (``save_random``, written once to /tmp/models/llama8b), its tokenizer
-and version report; the row is built exactly as long_context.py builds it (no project import: the project's trl pin
+and version report; the row comes from ``benchmarks/long_rows.py``, as in long_context.py (torch only: the project's trl pin
 differs from Unsloth's). One JSON line per length goes to OUT/long-unsloth.jsonl; lengths run in ascending order in
 one process and stop at the first out-of-memory.
 """
@@ -24,20 +24,11 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.long_rows import long_row  # noqa: E402
+
 GiB = 2**30
-PROMPT_SHARE = 0.10
-
-
-def long_row(length: int, vocab: int, seed: int = 0) -> dict:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    perm = (torch.randperm(vocab - 10, generator=g) + 10).tolist()
-    ids = [int(torch.randint(10, vocab, (1,), generator=g))]
-    for _ in range(length - 1):
-        ids.append(perm[ids[-1] - 10])
-    prompt = int(length * PROMPT_SHARE)
-    return {"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]}
 
 
 def main() -> None:

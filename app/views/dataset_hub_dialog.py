@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.views.download_progress import show_download_progress
 from app.views.style import Banner, is_dark
 from app.workers.jobs import JobChannel, Superseded
 from core.model_library import human_size
@@ -184,6 +185,7 @@ class DatasetHubDialog(QDialog):
         self.rows_table.setObjectName("previewRows")
         self.rows_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.rows_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.rows_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)  # one row's detail at a time
         self.rows_table.setWordWrap(False)
         self.rows_table.setAlternatingRowColors(True)
         self.rows_table.verticalHeader().setDefaultSectionSize(22)
@@ -556,24 +558,9 @@ class DatasetHubDialog(QDialog):
         return True
 
     def _on_download_event(self, event: dict) -> None:
-        from core.model_hub import format_seconds
-
         self._download_events.append(event)
-        if event.get("type") != "progress":
-            return
-        done, total = int(event.get("done") or 0), int(event.get("total") or 0)
-        self.progress.setRange(0, 1000)
-        self.progress.setValue(int(1000 * done / total) if total else 0)
-        self.progress.setFormat(f"{done / total:.0%}" if total else "")
-        speed = float(event.get("speed") or 0)
-        parts = [f"{human_size(done)} of {human_size(total)}",
-                 f"{human_size(int(speed))}/s" if speed else "measuring speed…"]
-        if event.get("eta") is not None:
-            parts.append(f"ETA {format_seconds(event['eta'])}")
-        parts.append(f"{event.get('files_done', 0)}/{event.get('files_total', 0)} files")
-        if event.get("resumed"):
-            parts.append(f"resumed from {human_size(int(event['resumed']))}")
-        self.progress_label.setText(f"Downloading {self._download_repo}: " + " · ".join(parts))
+        if event.get("type") == "progress":
+            show_download_progress(self.progress, self.progress_label, self._download_repo or "", event)
 
     def cancel_download(self) -> None:
         """Stop the download child (SIGTERM: it keeps what arrived and exits 130; killed after 5 s if stuck)."""

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 
 CHATS = [{"messages": [{"role": "user", "content": f"How do I say {i} in French?"},
                        {"role": "assistant", "content": f"You say “{i}” like this, number {i}."}]} for i in range(3000)]
@@ -91,56 +92,58 @@ def test_data_page_offers_the_preview_and_shows_size_files_format_and_rows(qtbot
 
     page = DataPage(session)
     qtbot.addWidget(page)
-    calls: list[dict] = []
-    session.update_config = lambda reload=True, **changes: calls.append(changes)
-    page.source_edit.setText("rows.jsonl")
-    assert not page.hub_button.isEnabled()  # a file name is no Hub id
-    page.source_edit.setText("data-org/chats")
-    assert page.hub_button.isEnabled()
+    try:
+        calls: list[dict] = []
+        session.update_config = lambda reload=True, **changes: calls.append(changes)
+        page.source_edit.setText("rows.jsonl")
+        assert not page.hub_button.isEnabled()  # a file name is no Hub id
+        page.source_edit.setText("data-org/chats")
+        assert page.hub_button.isEnabled()
 
-    from core.model_library import human_size
+        from core.model_library import human_size
 
-    before = hub.bytes_sent("train.jsonl")
-    page.hub_button.click()
-    dialog = page.hub_dialog
-    assert dialog is not None and dialog.isVisible() and dialog.repo_id == "data-org/chats"
-    with qtbot.waitSignal(dialog.previewShown, timeout=30_000) as shown:
-        pass
-    assert shown.args == [20]
-    assert "<b>data-org/chats</b>" in dialog.title.text() and "licence mit" in dialog.title.text()
-    assert "French chats" in dialog.card.text()
-    files = dict(zip(_cells(dialog.files_table), _cells(dialog.files_table, 2), strict=True))
-    assert set(files) == {"train.jsonl", "test.jsonl", "README.md"} and files["train.jsonl"] == human_size(len(CHAT_JSONL))
-    assert [dialog.split_combo.itemText(i) for i in range(dialog.split_combo.count())] == ["train", "test"]
-    assert "Detected format: <b>messages</b>" in dialog.format_label.text()
-    table = dialog.rows_table
-    assert table.rowCount() == 20 and table.horizontalHeaderItem(0).text() == "messages"
-    assert table.verticalHeaderItem(0).text() == "line 1"
-    assert table.item(0, 0).text().startswith("user: How do I say 0 in French? ▸ assistant: You say “0”")
-    detail = dialog.detail.toPlainText()  # the first row as the Data page shows a row: the normalised conversation
-    assert "Row 0 (line 1), as the studio reads it" in detail and "USER" in detail and "ASSISTANT" in detail
-    table.selectRow(3)
-    assert "Row 3 (line 4)" in dialog.detail.toPlainText() and "say 3 in French" in dialog.detail.toPlainText()
-    status = dialog.status.text()
-    assert "First 20 rows of train.jsonl (jsonl) · read " in status and f"of {human_size(len(CHAT_JSONL))} (" in status
-    sent = hub.bytes_sent("train.jsonl") - before
-    assert 0 < sent < len(CHAT_JSONL) / 3  # the rows came from a prefix
-    assert dialog.use_button.isEnabled() and dialog.download_button.isEnabled()
-    _screenshot(dialog, "dataset-preview-light.png", hub_env)
+        before = hub.bytes_sent("train.jsonl")
+        page.hub_button.click()
+        dialog = page.hub_dialog
+        assert dialog is not None and dialog.isVisible() and dialog.repo_id == "data-org/chats"
+        with qtbot.waitSignal(dialog.previewShown, timeout=30_000) as shown:
+            pass
+        assert shown.args == [20]
+        assert "<b>data-org/chats</b>" in dialog.title.text() and "licence mit" in dialog.title.text()
+        assert "French chats" in dialog.card.text()
+        files = dict(zip(_cells(dialog.files_table), _cells(dialog.files_table, 2), strict=True))
+        assert set(files) == {"train.jsonl", "test.jsonl", "README.md"} and files["train.jsonl"] == human_size(len(CHAT_JSONL))
+        assert [dialog.split_combo.itemText(i) for i in range(dialog.split_combo.count())] == ["train", "test"]
+        assert "Detected format: <b>messages</b>" in dialog.format_label.text()
+        table = dialog.rows_table
+        assert table.rowCount() == 20 and table.horizontalHeaderItem(0).text() == "messages"
+        assert table.verticalHeaderItem(0).text() == "line 1"
+        assert table.item(0, 0).text().startswith("user: How do I say 0 in French? ▸ assistant: You say “0”")
+        detail = dialog.detail.toPlainText()  # the first row as the Data page shows a row: the normalised conversation
+        assert "Row 0 (line 1), as the studio reads it" in detail and "USER" in detail and "ASSISTANT" in detail
+        qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=table.visualRect(table.model().index(3, 0)).center())
+        assert "Row 3 (line 4)" in dialog.detail.toPlainText() and "say 3 in French" in dialog.detail.toPlainText()
+        status = dialog.status.text()
+        assert "First 20 rows of train.jsonl (jsonl) · read " in status and f"of {human_size(len(CHAT_JSONL))} (" in status
+        sent = hub.bytes_sent("train.jsonl") - before
+        assert 0 < sent < len(CHAT_JSONL) / 3  # the rows came from a prefix
+        assert dialog.use_button.isEnabled() and dialog.download_button.isEnabled()
+        _screenshot(dialog, "dataset-preview-light.png", hub_env)
 
-    # another split of the same dataset: the facts stay, the rows change
-    dialog.split_combo.setCurrentText("test")
-    with qtbot.waitSignal(dialog.previewShown, timeout=30_000):
-        dialog.split_combo.activated.emit(1)
-    assert dialog.preview.split == "test" and "of test.jsonl" in dialog.status.text()
+        # another split of the same dataset: the facts stay, the rows change
+        dialog.split_combo.setCurrentText("test")
+        with qtbot.waitSignal(dialog.previewShown, timeout=30_000):
+            dialog.split_combo.activated.emit(1)
+        assert dialog.preview.split == "test" and "of test.jsonl" in dialog.status.text()
 
-    # not downloaded: the run gets the Hub id (datasets loads it)
-    with qtbot.waitSignal(dialog.chosen) as chosen:
-        dialog.use_button.click()
-    assert chosen.args == ["data-org/chats"]
-    assert calls[-1] == {"data__path": "data-org/chats", "data__format": "auto", "data__columns": {}}
-    assert page.source_edit.text() == "data-org/chats"
-    page.shutdown()
+        # not downloaded: the run gets the Hub id (datasets loads it)
+        with qtbot.waitSignal(dialog.chosen) as chosen:
+            dialog.use_button.click()
+        assert chosen.args == ["data-org/chats"]
+        assert calls[-1] == {"data__path": "data-org/chats", "data__format": "auto", "data__columns": {}}
+        assert page.source_edit.text() == "data-org/chats"
+    finally:
+        page.shutdown()  # also after a failed assertion: a live preview thread would abort the test run
 
 
 def test_dark_screenshot(qtbot, qapp, hub_env, session, make_dialog):
