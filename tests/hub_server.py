@@ -265,10 +265,11 @@ class _Handler(BaseHTTPRequestHandler):
         chunk, delay = repo.slow.get(name, (1 << 20, 0.0))
         for offset in range(start, stop, chunk):
             piece = data[offset:min(offset + chunk, stop)]
-            self.wfile.write(piece)
-            self.wfile.flush()
+            # counted before it is written: the client may have read the bytes before this thread runs again
             with self.hub.lock:
                 self.hub.sent.append((unquote(self.path.split("?", 1)[0]), len(piece)))
+            self.wfile.write(piece)
+            self.wfile.flush()
             if delay:
                 time.sleep(delay)
 
