@@ -10,7 +10,8 @@ on the CPU to check the script itself. Groups (``--only group`` or ``group:exper
 studio), qlora (save, plain, studio 60 steps with the save/reload/merge round trip), grid, grid8b (memory grid),
 lab (attention check and ablation), s3q / qlora1b (1B QLoRA round trips, recomputation variants), s3q8 (8B QLoRA
 recomputation variants), s3fused (16-bit runs that must recompute), s3sync (per-step host waits on/off), s3host
-(inductor settings). What each measured is in benchmarks/RESULTS.md.
+(inductor settings), s4q8 (8B QLoRA with and without TRL's activation offloading). Long rows:
+benchmarks/long_context.py. What each measured is in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
