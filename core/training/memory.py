@@ -38,8 +38,8 @@ MiB = 2**20
 _LOSS_TOKEN_TILE = 4096
 _LOSS_VOCAB_TILE = 32768
 _CUDA_CONTEXT = 600 * MiB  # driver + cuBLAS/cuDNN workspaces; not in torch.cuda.memory_allocated()
-_ALLOCATOR_SLACK = 0.06
-_OFFLOAD_STASH = 2  # layers' saved tensors still on the device under activation offloading (copies in flight)  # reserved-but-unused fraction of the caching allocator at the peak
+_ALLOCATOR_SLACK = 0.06  # reserved-but-unused fraction of the caching allocator at the peak
+_OFFLOAD_STASH = 2  # layers' saved tensors still on the device under activation offloading (copies in flight)
 
 FITS, TIGHT, WONT_FIT, UNKNOWN = "fits", "tight", "won't fit", "unknown"
 _FIT_FRACTION = 0.90  # above this fraction of the device the run is "tight"

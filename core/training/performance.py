@@ -87,6 +87,7 @@ class TunedSettings:
                                if self.recompute_budget is not None else ")"))
         return done
 
+
 def host_memory_bytes() -> int | None:
     """The machine's physical memory (what pinned host buffers draw on), or None where the OS does not say."""
     import os
@@ -311,8 +312,11 @@ def tuned_settings(
         if estimate.verdict != "fits" and cuda and recompute and dist.num_processes == 1:
             # long rows: even one row's recomputed activations do not fit, so the layers' saved inputs wait in
             # pinned host memory (TRL's activation offloading, copies overlapped with compute on a second stream)
+            settled = tuned.estimate_kwargs
             offloaded = est(True, micro, offload=True)
+            tuned.estimate_kwargs = settled  # until offloading is chosen below
             if offloaded.total < estimate.total:
+                tuned.estimate_kwargs = {**settled, "offload": True}
                 host = offloaded.assumptions.get("offloaded_to_host_bytes", 0)
                 tuned.sft_args["activation_offloading"] = True
                 ram = host_memory_bytes()
