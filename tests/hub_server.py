@@ -139,6 +139,17 @@ class HubServer:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
+    def use(self, monkeypatch: object, tmp_path: Path) -> None:
+        """Point this process and its children at this server with a fresh Hugging Face cache under ``tmp_path``
+        (``monkeypatch`` is pytest's): offline mode off, the studio's settings kept there, never the developer's own
+        token."""
+        monkeypatch.setenv("HF_ENDPOINT", self.endpoint)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.setenv("SFT_STUDIO_CONFIG", str(tmp_path / "config"))
+        monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
     def ranges(self, name: str) -> list[str | None]:
         """The Range headers of the GET requests for files ending in ``name``."""
         return [r for m, p, r in self.requests if m == "GET" and p.endswith("/" + name)]

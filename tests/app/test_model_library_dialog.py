@@ -29,13 +29,8 @@ def library_env(hub, tmp_path, monkeypatch):
     """A Hugging Face cache holding tiny-org/tiny-chat (downloaded by the real code), an LM Studio GGUF, the local Hub."""
     from local_models import write_gguf
 
-    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("SFT_STUDIO_CONFIG", str(tmp_path / "config"))
+    hub.use(monkeypatch, tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     from core.model_hub import download
 
     download("tiny-org/tiny-chat")

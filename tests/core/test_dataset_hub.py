@@ -68,12 +68,7 @@ def hub():
 
 @pytest.fixture
 def hub_env(hub, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("SFT_STUDIO_CONFIG", str(tmp_path / "config"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))  # never the developer's own token
+    hub.use(monkeypatch, tmp_path)
     return {**os.environ}
 
 
