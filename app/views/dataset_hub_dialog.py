@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.views.download_progress import show_download_progress
+from app.views.download_progress import DownloadOutcome, show_download_progress, stop_download
 from app.views.style import Banner, is_dark
 from app.workers.jobs import JobChannel, Superseded
 from core.model_library import human_size
@@ -214,7 +214,9 @@ class DatasetHubDialog(QDialog):
         split.setSizes([300, 800])
 
         # download -------------------------------------------------------------------------------------------------
-        self.download_button = QPushButton("Download")
+        self.download_button = QPushButton("Resume download")  # wide enough for every text it shows
+        self.download_button.setMinimumWidth(self.download_button.sizeHint().width())
+        self.download_button.setText("Download")
         self.download_button.setToolTip("Download every file of the dataset into the Hugging Face cache (resumable)")
         self.download_button.setEnabled(False)
         self.download_button.clicked.connect(self.start_download)
@@ -228,6 +230,8 @@ class DatasetHubDialog(QDialog):
         self.progress_label = QLabel()
         self.progress_label.setObjectName("downloadStatus")
         self.progress_label.setWordWrap(True)
+        self.progress_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # paths to copy
+        self.progress_label.setMinimumHeight(2 * self.progress_label.fontMetrics().lineSpacing() + 4)
         download = QHBoxLayout()
         download.addWidget(self.download_button)
         download.addWidget(self.cancel_download_button)
@@ -569,36 +573,30 @@ class DatasetHubDialog(QDialog):
             return
         self.cancel_download_button.setEnabled(False)
         self.progress_label.setText(self.progress_label.text() + " · cancelling…")
-        job.proc.terminate()
-        QTimer.singleShot(5000, lambda: job.kill() if job is self._download else None)
+        stop_download(job, lambda: job is self._download)
 
     def _on_download_finished(self, job: Any, code: int) -> None:
         if job is not self._download:
             return
         self._download = None
         repo = self._download_repo or ""
-        done = next((e for e in self._download_events if e.get("type") == "done"), None)
-        failed = next((e for e in self._download_events if e.get("type") == "failed"), None)
-        last = next((e for e in reversed(self._download_events) if e.get("type") == "progress"), None)
+        outcome = DownloadOutcome.of(self._download_events, code)
         self.cancel_download_button.setEnabled(False)
         self.download_button.setEnabled(self.offline is None)
         self.progress.setRange(0, 1000)
-        if code == 0 and done:
-            self.download_path = str(done.get("path"))
+        if outcome.succeeded:
+            self.download_path = str(outcome.done.get("path"))
             self.progress.setValue(1000)
             self.progress.setFormat("100%")
             spec = self.run_path()
             message = self.download_path
             self.download_button.setText("Download again")
-            self.progress_label.setText(f"Downloaded {repo} to {self.download_path}. “Use this dataset” puts "
-                                        f"{spec} into the run.")
+            where = "" if spec.startswith(self.download_path) else f" (files in {self.download_path})"
+            self.progress_label.setText(f"Downloaded {repo}{where}. “Use this dataset” puts {spec} into the run.")
         else:
-            kept = f" ({human_size(int(last['done']))} of {human_size(int(last['total']))} kept)" if last else ""
-            if code == 130 or (code != 0 and not failed and last):
-                message = f"Cancelled{kept}. Download continues from there."
+            message = outcome.message(job.tail(3), "Download continues from there.")
+            if outcome.cancelled:
                 self.download_button.setText("Resume download")
-            else:
-                message = f"Download failed: {(failed or {}).get('message') or job.tail(3) or f'exit {code}'}"
             self.progress_label.setText(message)
         job.deleteLater()
         self.downloadFinished.emit(code, message)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, QTimer, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -49,7 +49,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.views.download_progress import show_download_progress
+from app.views.download_progress import DownloadOutcome, show_download_progress, stop_download
 from app.views.style import Banner, is_dark
 from app.workers.jobs import JobChannel
 from core.model_library import (
@@ -809,23 +809,20 @@ class ModelLibraryDialog(QDialog):
             return
         self.cancel_button.setEnabled(False)
         self.progress_label.setText(self.progress_label.text() + " · cancelling…")
-        job.proc.terminate()
-        QTimer.singleShot(5000, lambda: job.kill() if job is self._download else None)
+        stop_download(job, lambda: job is self._download)
 
     def _on_download_finished(self, job: Any, code: int) -> None:
         if job is not self._download:
             return
         self._download = None
         repo = self._download_repo or ""
-        done_event = next((e for e in self._download_events if e.get("type") == "done"), None)
-        failed = next((e for e in self._download_events if e.get("type") == "failed"), None)
-        last = next((e for e in reversed(self._download_events) if e.get("type") == "progress"), None)
+        outcome = DownloadOutcome.of(self._download_events, code)
         self.cancel_button.setEnabled(False)
         # after a cancel, Resume is the one way on for this repository (Download would resume too, but says less)
         self.download_button.setEnabled(self._selected_repo() not in (None, repo) or code == 0)
         self.progress.setRange(0, 1000)
-        if code == 0 and done_event:
-            self.download_path = str(done_event.get("path"))
+        if outcome.succeeded:
+            self.download_path = str(outcome.done.get("path"))
             self.progress.setValue(1000)
             self.progress.setFormat("100%")
             self.progress_label.setText(f"Downloaded {repo} to {self.download_path}. “Use this model” puts it into "
@@ -834,13 +831,9 @@ class ModelLibraryDialog(QDialog):
             self.refresh()
             message = self.download_path
         else:
-            kept = f" ({human_size(int(last['done']))} of {human_size(int(last['total']))} kept)" if last else ""
-            if code == 130 or (code != 0 and not failed and last):
-                message = f"Cancelled{kept}. Resume continues from there."
-            else:
-                reason = (failed or {}).get("message") or job.tail(3) or f"exit {code}"
-                message = f"Download failed: {reason}"
+            message = outcome.message(job.tail(3), "Resume continues from there.")
             self.progress_label.setText(message)
+            failed = outcome.failed
             self.resume_button.setEnabled(not failed or failed.get("kind") in ("network", "failed", "disk"))
         self._update_use_for_hub()
         job.deleteLater()

@@ -38,12 +38,7 @@ def hub():
 
 @pytest.fixture
 def hub_env(hub, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("SFT_STUDIO_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub.use(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -201,6 +196,7 @@ def test_download_with_progress_cancel_resume_and_use(qtbot, hub, hub_env, sessi
         dialog.cancel_download_button.click()
     assert cancelled.args[0] == 130 and dialog.progress_label.text().startswith("Cancelled (")
     assert dialog.download_button.text() == "Resume download" and dialog.download_button.isEnabled()
+    _screenshot(dialog, "dataset-download-cancelled-light.png", hub_env)
     kept = [p.stat().st_size for p in (hub_env / "hf").rglob("*.part")]
     assert kept and 0 < kept[0] < len(BIG_JSONL)
 
@@ -211,6 +207,7 @@ def test_download_with_progress_cancel_resume_and_use(qtbot, hub, hub_env, sessi
     local = Path(dialog.download_path) / "train.jsonl"
     assert local.read_bytes() == BIG_JSONL and dialog.progress.value() == 1000
     assert str(local) in dialog.progress_label.text()
+    _screenshot(dialog, "dataset-downloaded-light.png", hub_env)
     dialog.use_button.click()
     assert chosen == [str(local)]  # one file for the train split: the run reads the downloaded file
 
